@@ -56,6 +56,8 @@ pub struct Config {
     pub read_mode: ReadMode,
     /// Largest total entry size in one append message (at least one entry is always sent).
     pub append_bytes_max: u64,
+    /// Largest single entry a proposal may carry (as counted by `Entry::size_bytes`).
+    pub entry_bytes_max: u64,
     /// Most append messages in flight to one follower.
     pub inflight_msgs_max: usize,
     /// Most entry bytes in flight to one follower.
@@ -89,6 +91,7 @@ impl Config {
             check_quorum: true,
             read_mode: ReadMode::Safe,
             append_bytes_max: 1 << 20,
+            entry_bytes_max: 1 << 20,
             inflight_msgs_max: 256,
             inflight_bytes_max: 32 << 20,
             uncommitted_bytes_max: 64 << 20,
@@ -127,6 +130,9 @@ impl Config {
         }
         if self.append_bytes_max == 0 {
             return bad("append_bytes_max", "at least 1");
+        }
+        if self.entry_bytes_max == 0 || self.entry_bytes_max > self.uncommitted_bytes_max {
+            return bad("entry_bytes_max", "at least 1 and at most uncommitted_bytes_max");
         }
         if self.inflight_msgs_max == 0 {
             return bad("inflight_msgs_max", "at least 1");

@@ -187,8 +187,8 @@ pub enum ProposeError {
     /// Too many proposal bytes are waiting to commit.
     #[error("too many uncommitted bytes; retry once earlier proposals commit")]
     UncommittedLimit,
-    /// A single entry is larger than the largest append message.
-    #[error("entry of {size_bytes} bytes exceeds append_bytes_max")]
+    /// A single entry is larger than `entry_bytes_max`.
+    #[error("entry of {size_bytes} bytes exceeds entry_bytes_max")]
     TooLarge {
         /// The entry's size.
         size_bytes: u64,
@@ -601,7 +601,7 @@ impl Raft {
         for (i, data) in batch.into_iter().enumerate() {
             let entry = Entry { term: self.term, index: LogIndex(first.0 + i as u64), payload: EntryPayload::Command(data) };
             let size = entry.size_bytes();
-            if size > self.cfg.append_bytes_max {
+            if size > self.cfg.entry_bytes_max {
                 return Err(ProposeError::TooLarge { size_bytes: size });
             }
             bytes = bytes.saturating_add(size);
