@@ -29,13 +29,15 @@
 //!     let mut durable = Vec::new();
 //!     while let Some(action) = raft.poll_action() {
 //!         match action {
-//!             Action::PersistEntries { entries, .. } => {
-//!                 // write + fsync here; then report durability
-//!                 if let Some(last) = entries.last() {
+//!             Action::PersistEntries { first_index, last_index } => {
+//!                 // Entries are lent: write raft.entries(..) to disk, fsync, then report.
+//!                 if let Some(last) = raft.entries(first_index, last_index).last() {
 //!                     durable.push((last.index, last.term));
 //!                 }
 //!             }
-//!             Action::ApplyEntries(entries) => applied.extend(entries),
+//!             Action::ApplyEntries { first_index, last_index } => {
+//!                 applied.extend(raft.entries(first_index, last_index).iter().cloned())
+//!             }
 //!             Action::Send { .. } => { /* encode and send the datagram */ }
 //!             _ => {}
 //!         }

@@ -71,10 +71,7 @@ mod tests {
         let near_end = Instant::from_nanos(u64::MAX - 5);
         assert_eq!(near_end.saturating_add(Duration::from_secs(1)), Instant::MAX);
         assert_eq!(Instant::ZERO.saturating_sub(Duration::from_secs(1)), Instant::ZERO);
-        assert_eq!(
-            Instant::from_nanos(10).saturating_duration_since(Instant::from_nanos(20)),
-            Duration::ZERO
-        );
+        assert_eq!(Instant::from_nanos(10).saturating_duration_since(Instant::from_nanos(20)), Duration::ZERO);
     }
 
     #[test]

@@ -23,7 +23,9 @@ impl Raft {
                 }
                 // A granted pre-vote carries the term the candidate will campaign in.
                 MessageBody::RequestVoteResponse { pre_vote: true, granted: true } => {}
-                MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::AppendEntries { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(now, msg.term, Some(from));
                 }
                 _ => self.become_follower(now, msg.term, None),
@@ -58,9 +60,7 @@ impl Raft {
         }
         self.cfg.check_quorum
             && self.leader.is_some()
-            && self
-                .last_leader_contact
-                .is_some_and(|t| now < t.saturating_add(self.cfg.election_timeout_min))
+            && self.last_leader_contact.is_some_and(|t| now < t.saturating_add(self.cfg.election_timeout_min))
     }
 
     pub(super) fn on_request_vote(
@@ -71,9 +71,8 @@ impl Raft {
         last_log_index: LogIndex,
         last_log_term: Term,
     ) {
-        let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && term > self.term);
+        let can_vote =
+            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre_vote && term > self.term);
         let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term) || self.planted_vote_bug();
         let granted = can_vote && up_to_date;
         if pre_vote {

@@ -96,24 +96,20 @@ impl RaftLog {
 
     /// Entries from `lo` on, at least one if any exists, stopping before `max_bytes` is exceeded.
     pub fn entries_from(&self, lo: LogIndex, max_bytes: u64) -> Vec<Entry> {
-        let mut out = Vec::new();
-        self.for_entries_from(lo, max_bytes, |e| out.push(e.clone()));
-        out
-    }
-
-    fn for_entries_from(&self, lo: LogIndex, max_bytes: u64, mut f: impl FnMut(&Entry)) {
-        if lo <= self.snapshot_index {
-            return;
+        if lo <= self.snapshot_index || lo > self.last_index() {
+            return Vec::new();
         }
         let start = (lo.0 - self.snapshot_index.0 - 1) as usize;
+        let mut end = start;
         let mut bytes = 0u64;
-        for (n, e) in self.entries.iter().skip(start).enumerate() {
+        for e in &self.entries[start..] {
             bytes = bytes.saturating_add(e.size_bytes());
-            if n > 0 && bytes > max_bytes {
+            if end > start && bytes > max_bytes {
                 break;
             }
-            f(e);
+            end += 1;
         }
+        self.entries[start..end].to_vec()
     }
 
     /// Entries in `lo..=hi`, clamped to what the log holds.
@@ -139,10 +135,13 @@ impl RaftLog {
     ///
     /// Entries at or below `committed` are never overwritten: a message that would do so did
     /// not come from a correct leader and changes nothing.
-    pub fn try_append(&mut self, prev_index: LogIndex, prev_term: Term, entries: &[Entry]) -> AppendOutcome {
+    pub fn try_append(&mut self, prev_index: LogIndex, prev_term: Term, entries: Vec<Entry>) -> AppendOutcome {
         // Below the snapshot everything is committed and matches by definition.
         if prev_index >= self.snapshot_index && self.term(prev_index) != Some(prev_term) {
             return AppendOutcome::Mismatch;
+        }
+        if prev_index == self.last_index() {
+            return self.append_after_last(entries);
         }
         let contiguous = entries.iter().enumerate().all(|(i, e)| e.index.0 == prev_index.0 + 1 + i as u64);
         let conflict_below_commit = entries
@@ -163,8 +162,23 @@ impl RaftLog {
                 None => {}
             }
             first_written.get_or_insert(e.index);
-            self.entries.push(e.clone());
+            self.entries.push(e);
         }
+        AppendOutcome::Appended { last_new, first_written }
+    }
+
+    /// The common case: the entries follow the last one, so nothing can conflict.
+    fn append_after_last(&mut self, entries: Vec<Entry>) -> AppendOutcome {
+        let first = self.last_index().next();
+        let contiguous = entries.iter().enumerate().all(|(i, e)| e.index.0 == first.0 + i as u64);
+        let terms_ordered = entries.first().is_none_or(|e| e.term >= self.last_term())
+            && entries.windows(2).all(|w| w[0].term <= w[1].term);
+        if !contiguous || !terms_ordered {
+            return AppendOutcome::Invalid;
+        }
+        let last_new = LogIndex(self.last_index().0 + entries.len() as u64);
+        let first_written = if entries.is_empty() { None } else { Some(first) };
+        self.entries.extend(entries);
         AppendOutcome::Appended { last_new, first_written }
     }
 
@@ -265,6 +279,7 @@ impl RaftLog {
 mod tests {
     use super::*;
     use crate::raft::message::EntryPayload;
+    use alloc::vec;
 
     fn e(index: u64, term: u64) -> Entry {
         Entry { term: Term(term), index: LogIndex(index), payload: EntryPayload::Noop }
@@ -277,11 +292,11 @@ mod tests {
     #[test]
     fn try_append_rejects_a_missing_prev() {
         let mut log = log_of(&[1, 1]);
-        assert_eq!(log.try_append(LogIndex(3), Term(1), &[e(4, 1)]), AppendOutcome::Mismatch);
-        assert_eq!(log.try_append(LogIndex(2), Term(2), &[e(3, 2)]), AppendOutcome::Mismatch);
-        assert_eq!(log.try_append(LogIndex(2), Term(1), &[e(4, 1)]), AppendOutcome::Invalid);
+        assert_eq!(log.try_append(LogIndex(3), Term(1), vec![e(4, 1)]), AppendOutcome::Mismatch);
+        assert_eq!(log.try_append(LogIndex(2), Term(2), vec![e(3, 2)]), AppendOutcome::Mismatch);
+        assert_eq!(log.try_append(LogIndex(2), Term(1), vec![e(4, 1)]), AppendOutcome::Invalid);
         log.commit_to(LogIndex(2));
-        assert_eq!(log.try_append(LogIndex(1), Term(1), &[e(2, 3)]), AppendOutcome::Invalid);
+        assert_eq!(log.try_append(LogIndex(1), Term(1), vec![e(2, 3)]), AppendOutcome::Invalid);
         assert_eq!(log.term(LogIndex(2)), Some(Term(1)));
         log.check_invariants();
     }
@@ -289,10 +304,10 @@ mod tests {
     #[test]
     fn try_append_truncates_conflicts_and_ignores_duplicates() {
         let mut log = log_of(&[1, 1, 1, 1]);
-        let dup = log.try_append(LogIndex(1), Term(1), &[e(2, 1), e(3, 1)]);
+        let dup = log.try_append(LogIndex(1), Term(1), vec![e(2, 1), e(3, 1)]);
         assert_eq!(dup, AppendOutcome::Appended { last_new: LogIndex(3), first_written: None });
         assert_eq!(log.last_index(), LogIndex(4), "a duplicate prefix must not truncate");
-        let conflict = log.try_append(LogIndex(2), Term(1), &[e(3, 2)]);
+        let conflict = log.try_append(LogIndex(2), Term(1), vec![e(3, 2)]);
         assert_eq!(conflict, AppendOutcome::Appended { last_new: LogIndex(3), first_written: Some(LogIndex(3)) });
         assert_eq!(log.last_index(), LogIndex(3));
         assert_eq!(log.term(LogIndex(3)), Some(Term(2)));

@@ -418,10 +418,19 @@ mod tests {
         let m = Membership::with_voters(ids(&[1]));
         assert_eq!(m.apply(&ConfChange::single(ConfChangeItem::RemoveNode(NodeId(1)))), Err(ConfChangeError::NoVoters));
         assert_eq!(m.apply(&ConfChange::leave_joint()), Err(ConfChangeError::NotJoint));
-        assert_eq!(m.apply(&ConfChange::single(ConfChangeItem::AddVoter(NodeId::NONE))), Err(ConfChangeError::ReservedNodeId));
+        assert_eq!(
+            m.apply(&ConfChange::single(ConfChangeItem::AddVoter(NodeId::NONE))),
+            Err(ConfChangeError::ReservedNodeId)
+        );
         let joint = m
-            .apply(&ConfChange { changes: vec![ConfChangeItem::AddVoter(NodeId(2))], transition: ConfTransition::Joint { auto_leave: false } })
+            .apply(&ConfChange {
+                changes: vec![ConfChangeItem::AddVoter(NodeId(2))],
+                transition: ConfTransition::Joint { auto_leave: false },
+            })
             .unwrap();
-        assert_eq!(joint.apply(&ConfChange::single(ConfChangeItem::AddVoter(NodeId(3)))), Err(ConfChangeError::AlreadyJoint));
+        assert_eq!(
+            joint.apply(&ConfChange::single(ConfChangeItem::AddVoter(NodeId(3)))),
+            Err(ConfChangeError::AlreadyJoint)
+        );
     }
 }

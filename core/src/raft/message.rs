@@ -1,5 +1,6 @@
 //! Raft's data: terms, indexes, entries, snapshots and the messages peers exchange.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bytes::Bytes;
 use core::fmt;
@@ -191,8 +192,8 @@ pub enum MessageBody {
     },
     /// One chunk of a snapshot.
     InstallSnapshot {
-        /// The snapshot the chunk belongs to.
-        meta: SnapshotMeta,
+        /// The snapshot the chunk belongs to (boxed: it is large and rare, messages stay small).
+        meta: Box<SnapshotMeta>,
         /// Where in the snapshot's data the chunk starts.
         offset: u64,
         /// The chunk's bytes.

@@ -36,6 +36,7 @@ mod replication;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
@@ -44,9 +45,9 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use thiserror::Error;
 
-pub use config::{Config, ConfigError, ReadMode};
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
+pub use config::{Config, ConfigError, ReadMode};
 pub use membership::{ConfChange, ConfChangeError, ConfChangeItem, ConfTransition, Membership, VoteResult};
 pub use message::{
     Entry, EntryPayload, HardState, LogIndex, Message, MessageBody, RejectHint, Snapshot, SnapshotMeta, Term,
@@ -84,28 +85,36 @@ pub enum Action {
     },
     /// Make the hard state durable (replacing the previous one).
     PersistHardState(HardState),
-    /// Drop every log entry at or after `first_index`, then append `entries` (possibly none).
-    /// Report durability with [`Raft::handle_persisted`] and the last entry's index and term.
+    /// Drop every log entry at or after `first_index`, then append the entries
+    /// `first_index..=last_index`, read with [`Raft::entries`] while draining (before the next
+    /// input). Report durability with [`Raft::handle_persisted`] and the last entry's index
+    /// and term. Entries are lent, not copied: the host serializes straight from the log.
     PersistEntries {
         /// Where the write starts; everything from here on is replaced.
         first_index: LogIndex,
-        /// The entries, in index order.
-        entries: Vec<Entry>,
+        /// The last entry to write.
+        last_index: LogIndex,
     },
     /// Store the snapshot durably. If the log has no entry at the snapshot's index with the
     /// snapshot's term, drop the whole log; entries after a matching entry are kept.
     /// Report durability with [`Raft::handle_persisted`] and the snapshot's index and term.
-    PersistSnapshot(Snapshot),
+    PersistSnapshot(Box<Snapshot>),
     /// Log entries up to `upto` are covered by a stored snapshot; the host may delete them.
     CompactLog {
         /// Last index that may be deleted.
         upto: LogIndex,
     },
-    /// Apply these committed entries to the state machine, in order. Commands are the host's;
-    /// membership changes were already applied by Raft and are passed for information.
-    ApplyEntries(Vec<Entry>),
+    /// Apply the committed entries `first_index..=last_index` to the state machine, in order,
+    /// reading them with [`Raft::entries`] while draining. Commands are the host's; membership
+    /// changes were already applied by Raft and are there for information.
+    ApplyEntries {
+        /// The first entry to apply.
+        first_index: LogIndex,
+        /// The last entry to apply.
+        last_index: LogIndex,
+    },
     /// Replace the state machine with this snapshot.
-    ApplySnapshot(Snapshot),
+    ApplySnapshot(Box<Snapshot>),
     /// Something the host may want to know.
     Event(Event),
 }
@@ -127,7 +136,7 @@ pub enum Event {
         /// Index of the change entry (or snapshot).
         index: LogIndex,
         /// The membership now in force.
-        membership: Membership,
+        membership: Box<Membership>,
     },
     /// A committed membership change was invalid and was skipped.
     ConfChangeSkipped {
@@ -306,6 +315,7 @@ pub struct Raft {
     snapshot_wanted_at: LogIndex,
     stats: Stats,
     scratch: Vec<u64>,
+    peers_scratch: Vec<NodeId>,
     now: Instant,
 }
 
@@ -371,13 +381,14 @@ impl Raft {
             snapshot_wanted_at: LogIndex(0),
             stats: Stats::default(),
             scratch: Vec::new(),
+            peers_scratch: Vec::new(),
             now,
             cfg,
         };
         // Applied restarts at the snapshot: the host's state machine is rebuilt from it.
         raft.log.applied = raft.log.snapshot_index();
         if raft.snapshot.meta.index > LogIndex(0) {
-            raft.actions.push_back(Action::ApplySnapshot(raft.snapshot.clone()));
+            raft.actions.push_back(Action::ApplySnapshot(Box::new(raft.snapshot.clone())));
         }
         raft.reset_election_deadline(now);
         raft.apply_committed();
@@ -446,6 +457,12 @@ impl Raft {
         self.log.term(index)
     }
 
+    /// The entries `first..=last` the log holds (clamped to its bounds). Hosts read the
+    /// ranges of [`Action::PersistEntries`] and [`Action::ApplyEntries`] with it.
+    pub fn entries(&self, first: LogIndex, last: LogIndex) -> &[Entry] {
+        self.log.slice(first, last)
+    }
+
     /// The entry at `index`, if the in-memory log holds it.
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
         self.log.entry(index)
@@ -502,12 +519,16 @@ impl Raft {
             }
             MessageBody::RequestVoteResponse { pre_vote, granted } => self.on_vote_response(from, pre_vote, granted),
             MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, ctx } => {
-                self.on_append(from, prev_log_index, prev_log_term, &entries, leader_commit, ctx)
+                self.on_append(from, prev_log_index, prev_log_term, entries, leader_commit, ctx)
             }
-            MessageBody::AppendEntriesResponse { index, reject, ctx } => self.on_append_response(from, index, reject, ctx),
+            MessageBody::AppendEntriesResponse { index, reject, ctx } => {
+                self.on_append_response(from, index, reject, ctx)
+            }
             MessageBody::Heartbeat { commit, ctx } => self.on_heartbeat(from, commit, ctx),
             MessageBody::HeartbeatResponse { ctx } => self.on_heartbeat_response(from, ctx),
-            MessageBody::InstallSnapshot { meta, offset, data, ctx } => self.on_snapshot_chunk(from, meta, offset, data, ctx),
+            MessageBody::InstallSnapshot { meta, offset, data, ctx } => {
+                self.on_snapshot_chunk(from, meta, offset, data, ctx)
+            }
             MessageBody::InstallSnapshotResponse { index, next_offset, done, ctx } => {
                 self.on_snapshot_response(from, index, next_offset, done, ctx)
             }
@@ -573,7 +594,7 @@ impl Raft {
             digest: crate::fnv1a64(&data),
         };
         self.snapshot = Snapshot { meta, data };
-        self.actions.push_back(Action::PersistSnapshot(self.snapshot.clone()));
+        self.actions.push_back(Action::PersistSnapshot(Box::new(self.snapshot.clone())));
         self.log.compact_to(index);
         self.actions.push_back(Action::CompactLog { upto: index });
         Ok(())
@@ -597,9 +618,11 @@ impl Raft {
         self.check_can_propose()?;
         let first = self.log.last_index().next();
         let mut bytes = 0u64;
-        let mut entries = Vec::new();
-        for (i, data) in batch.into_iter().enumerate() {
-            let entry = Entry { term: self.term, index: LogIndex(first.0 + i as u64), payload: EntryPayload::Command(data) };
+        let batch = batch.into_iter();
+        let mut entries = Vec::with_capacity(batch.size_hint().0);
+        for (i, data) in batch.enumerate() {
+            let entry =
+                Entry { term: self.term, index: LogIndex(first.0 + i as u64), payload: EntryPayload::Command(data) };
             let size = entry.size_bytes();
             if size > self.cfg.entry_bytes_max {
                 return Err(ProposeError::TooLarge { size_bytes: size });
@@ -625,7 +648,8 @@ impl Raft {
             return Err(ProposeError::ConfChangePending);
         }
         self.membership.apply(&cc).map_err(ProposeError::InvalidConfChange)?;
-        let entry = Entry { term: self.term, index: self.log.last_index().next(), payload: EntryPayload::ConfChange(cc) };
+        let entry =
+            Entry { term: self.term, index: self.log.last_index().next(), payload: EntryPayload::ConfChange(cc) };
         let index = self.append_as_leader(alloc::vec![entry]);
         self.pending_conf_index = index;
         Ok(index)
@@ -771,20 +795,25 @@ impl Raft {
         if self.log.committed <= self.log.applied {
             return;
         }
-        let entries: Vec<Entry> = self.log.slice(self.log.applied.next(), self.log.committed).to_vec();
-        self.log.applied = self.log.committed;
+        let (first_index, last_index) = (self.log.applied.next(), self.log.committed);
+        self.log.applied = last_index;
         let mut freed = 0u64;
-        for e in &entries {
+        let mut changes = Vec::new();
+        for e in self.log.slice(first_index, last_index) {
             freed = freed.saturating_add(e.size_bytes());
             if let EntryPayload::ConfChange(cc) = &e.payload {
-                match self.membership.apply(cc) {
-                    Ok(next) => self.set_membership(e.index, next),
-                    Err(error) => self.event(Event::ConfChangeSkipped { index: e.index, error }),
-                }
+                changes.push((e.index, cc.clone()));
             }
         }
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
-        self.actions.push_back(Action::ApplyEntries(entries));
+        // Membership changes take effect as they are applied, in log order.
+        for (index, cc) in changes {
+            match self.membership.apply(&cc) {
+                Ok(next) => self.set_membership(index, next),
+                Err(error) => self.event(Event::ConfChangeSkipped { index, error }),
+            }
+        }
+        self.actions.push_back(Action::ApplyEntries { first_index, last_index });
         self.after_apply();
     }
 
@@ -816,7 +845,7 @@ impl Raft {
 
     fn set_membership(&mut self, index: LogIndex, next: Membership) {
         self.membership = next;
-        self.event(Event::MembershipChanged { index, membership: self.membership.clone() });
+        self.event(Event::MembershipChanged { index, membership: Box::new(self.membership.clone()) });
         if self.role != Role::Leader {
             return;
         }

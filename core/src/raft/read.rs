@@ -65,7 +65,8 @@ impl Raft {
     fn register_read(&mut self, origin: ReadOrigin) {
         let index = self.log.committed;
         let now = self.now;
-        let single_voter = self.membership.all_voters() == [self.cfg.id];
+        let m = &self.membership;
+        let single_voter = m.voters_outgoing.is_empty() && m.voters.len() == 1 && m.voters[0] == self.cfg.id;
         if single_voter || self.lease_valid(now) {
             self.read_ready(origin, index);
             return;

@@ -1,5 +1,7 @@
 //! Log replication: appends, acknowledgements, commit, heartbeats and snapshot transfer.
 
+use alloc::boxed::Box;
+
 use super::log::AppendOutcome;
 use super::progress::ProgressState;
 use super::*;
@@ -8,14 +10,14 @@ impl Raft {
     /// Appends entries created by this leader: sends them first, then asks the host to persist
     /// them (the leader may send before its own write; it counts itself once durable).
     pub(super) fn append_as_leader(&mut self, entries: Vec<Entry>) -> LogIndex {
-        let first = entries[0].index;
-        for e in &entries {
+        let first_index = self.log.last_index().next();
+        for e in entries {
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_add(e.size_bytes());
-            self.log.append(e.clone());
+            self.log.append(e);
         }
         let last = self.log.last_index();
         self.broadcast_append(false);
-        self.actions.push_back(Action::PersistEntries { first_index: first, entries });
+        self.actions.push_back(Action::PersistEntries { first_index, last_index: last });
         // A lone voter commits as soon as its own write is durable; nothing to do until then.
         last
     }
@@ -24,12 +26,15 @@ impl Raft {
     /// are up to date get an empty append carrying the new commit index.
     pub(super) fn broadcast_append(&mut self, send_if_empty: bool) {
         let me = self.cfg.id;
-        let peers: Vec<NodeId> = self.progress.keys().copied().filter(|id| *id != me).collect();
-        for to in peers {
+        let mut peers = core::mem::take(&mut self.peers_scratch);
+        peers.clear();
+        peers.extend(self.progress.keys().copied().filter(|id| *id != me));
+        for &to in &peers {
             if self.send_append(to, send_if_empty) {
                 while self.send_append(to, false) {}
             }
         }
+        self.peers_scratch = peers;
     }
 
     /// Sends one append (or starts a snapshot) to `to` if flow control allows. Returns true if
@@ -66,12 +71,15 @@ impl Raft {
         let me = self.cfg.id;
         let ctx = now.as_nanos();
         let committed = self.log.committed;
-        let peers: Vec<(NodeId, LogIndex)> =
-            self.progress.iter().filter(|(id, _)| **id != me).map(|(id, p)| (*id, p.matched)).collect();
-        for (to, matched) in peers {
+        let mut peers = core::mem::take(&mut self.peers_scratch);
+        peers.clear();
+        peers.extend(self.progress.keys().copied().filter(|id| *id != me));
+        for &to in &peers {
             self.retransmit_if_stalled(to);
+            let matched = self.progress.get(&to).map_or(LogIndex(0), |p| p.matched);
             self.send(to, MessageBody::Heartbeat { commit: matched.min(committed), ctx });
         }
+        self.peers_scratch = peers;
     }
 
     /// Unsticks a follower whose last probe or snapshot chunks were lost.
@@ -145,7 +153,7 @@ impl Raft {
         from: NodeId,
         prev_log_index: LogIndex,
         prev_log_term: Term,
-        entries: &[Entry],
+        entries: Vec<Entry>,
         leader_commit: LogIndex,
         ctx: u64,
     ) {
@@ -175,8 +183,8 @@ impl Raft {
                     self.send(from, ack.clone());
                 }
                 if let Some(first_index) = first_written {
-                    let entries = self.log.slice(first_index, self.log.last_index()).to_vec();
-                    self.actions.push_back(Action::PersistEntries { first_index, entries });
+                    let last_index = self.log.last_index();
+                    self.actions.push_back(Action::PersistEntries { first_index, last_index });
                 }
                 if self.log.commit_to(leader_commit.min(last_new)) {
                     self.apply_committed();
@@ -321,7 +329,7 @@ impl Raft {
             let end = offset.saturating_add(chunk).min(size);
             s.sent = end.max(offset);
             let data = self.snapshot.data.slice(offset as usize..end as usize);
-            let meta = self.snapshot.meta.clone();
+            let meta = Box::new(self.snapshot.meta.clone());
             self.send(to, MessageBody::InstallSnapshot { meta, offset, data, ctx });
             if end >= size {
                 return;
@@ -329,7 +337,14 @@ impl Raft {
         }
     }
 
-    pub(super) fn on_snapshot_response(&mut self, from: NodeId, index: LogIndex, next_offset: u64, done: bool, ctx: u64) {
+    pub(super) fn on_snapshot_response(
+        &mut self,
+        from: NodeId,
+        index: LogIndex,
+        next_offset: u64,
+        done: bool,
+        ctx: u64,
+    ) {
         if self.role != Role::Leader || !self.progress.contains_key(&from) || from == self.cfg.id {
             self.stats.dropped_unknown_sender += 1;
             return;
@@ -359,7 +374,14 @@ impl Raft {
         self.send_snapshot_chunks(from);
     }
 
-    pub(super) fn on_snapshot_chunk(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Bytes, ctx: u64) {
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: Box<SnapshotMeta>,
+        offset: u64,
+        data: Bytes,
+        ctx: u64,
+    ) {
         if self.role == Role::Leader {
             self.stats.dropped_invalid += 1;
             return;
@@ -376,9 +398,9 @@ impl Raft {
             self.stats.snapshot_chunks_rejected += 1;
             return;
         }
-        let resumes = self.incoming_snapshot.as_ref().is_some_and(|(m, _)| *m == meta);
+        let resumes = self.incoming_snapshot.as_ref().is_some_and(|(m, _)| *m == *meta);
         if !resumes {
-            self.incoming_snapshot = Some((meta.clone(), Vec::new()));
+            self.incoming_snapshot = Some((*meta.clone(), Vec::new()));
         }
         let (_, buf) = self.incoming_snapshot.as_mut().expect("set above");
         let held = buf.len() as u64;
@@ -407,13 +429,13 @@ impl Raft {
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         self.stats.snapshots_installed += 1;
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        self.actions.push_back(Action::PersistSnapshot(snapshot.clone()));
+        self.actions.push_back(Action::PersistSnapshot(Box::new(snapshot.clone())));
         self.log.restore(index, term);
         self.membership = snapshot.meta.membership.clone();
         self.snapshot = snapshot;
         self.snapshot_wanted_at = index;
-        self.actions.push_back(Action::ApplySnapshot(self.snapshot.clone()));
-        self.event(Event::MembershipChanged { index, membership: self.membership.clone() });
+        self.actions.push_back(Action::ApplySnapshot(Box::new(self.snapshot.clone())));
+        self.event(Event::MembershipChanged { index, membership: Box::new(self.membership.clone()) });
         // Commit may already be past the snapshot if the suffix was kept.
         self.apply_committed();
     }

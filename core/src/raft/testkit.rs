@@ -260,7 +260,12 @@ impl Cluster {
 
     /// Delivers the next queued message. Returns false when the queue is empty.
     pub fn deliver_one(&mut self) -> bool {
-        let Some(m) = self.queue.pop_front() else { return false };
+        self.deliver_at(0)
+    }
+
+    /// Delivers the queued message at position `i` (out of order). Returns false if there is none.
+    pub fn deliver_at(&mut self, i: usize) -> bool {
+        let Some(m) = self.queue.remove(i) else { return false };
         if self.cut.contains(&(m.from, m.to)) || !self.nodes.contains_key(&m.to) {
             return true;
         }
@@ -319,6 +324,20 @@ impl Cluster {
     }
 
     fn carry_out(&mut self, id: NodeId, action: Action, durable: &mut Vec<(LogIndex, Term)>) {
+        let lent = |c: &Self, first, last| c.nodes.get(&id).map_or(Vec::new(), |r| r.entries(first, last).to_vec());
+        let action = match action {
+            Action::PersistEntries { first_index, last_index } => {
+                let entries = lent(self, first_index, last_index);
+                return self.persist_entries(id, first_index, entries, durable);
+            }
+            Action::ApplyEntries { first_index, last_index } => {
+                let entries = lent(self, first_index, last_index);
+                self.applied.entry(id).or_default().extend(entries);
+                self.note(format!("{id} applied through {last_index}"));
+                return;
+            }
+            other => other,
+        };
         let disk = self.disks.entry(id).or_default();
         match action {
             Action::Send { to, message } => {
@@ -326,24 +345,12 @@ impl Cluster {
                 self.queue.push_back(InFlight { from: id, to, message });
             }
             Action::PersistHardState(hs) => disk.hard_state = hs,
-            Action::PersistEntries { first_index, entries } => {
-                disk.write_entries(first_index, &entries);
-                if let Some(last) = entries.last() {
-                    durable.push((last.index, last.term));
-                }
-            }
+            Action::PersistEntries { .. } | Action::ApplyEntries { .. } => unreachable!("handled above"),
             Action::PersistSnapshot(s) => {
                 disk.write_snapshot(&s);
                 durable.push((s.meta.index, s.meta.term));
             }
             Action::CompactLog { upto } => disk.entries.retain(|e| e.index > upto),
-            Action::ApplyEntries(entries) => {
-                let last = entries.last().map(|e| e.index);
-                self.applied.entry(id).or_default().extend(entries);
-                if let Some(last) = last {
-                    self.note(format!("{id} applied through {last}"));
-                }
-            }
             Action::ApplySnapshot(s) => {
                 self.applied.insert(id, Vec::new());
                 self.note(format!("{id} restores snapshot at {}", s.meta.index));
@@ -358,13 +365,23 @@ impl Cluster {
         }
     }
 
+    fn persist_entries(
+        &mut self,
+        id: NodeId,
+        first: LogIndex,
+        entries: Vec<Entry>,
+        durable: &mut Vec<(LogIndex, Term)>,
+    ) {
+        let disk = self.disks.entry(id).or_default();
+        disk.write_entries(first, &entries);
+        if let Some(last) = entries.last() {
+            durable.push((last.index, last.term));
+        }
+    }
+
     /// The single leader among running nodes with the highest term, if any.
     pub fn leader(&self) -> Option<NodeId> {
-        self.nodes
-            .iter()
-            .filter(|(_, r)| r.role() == Role::Leader)
-            .max_by_key(|(_, r)| r.term())
-            .map(|(id, _)| *id)
+        self.nodes.iter().filter(|(_, r)| r.role() == Role::Leader).max_by_key(|(_, r)| r.term()).map(|(id, _)| *id)
     }
 
     /// The command payloads `id` applied, as strings.
@@ -419,7 +436,14 @@ pub fn describe(m: &Message) -> String {
         MessageBody::Heartbeat { commit, .. } => format!("Heartbeat {t} commit={commit}"),
         MessageBody::HeartbeatResponse { .. } => format!("HeartbeatResp {t}"),
         MessageBody::InstallSnapshot { meta, offset, data, .. } => {
-            format!("Snapshot {t} at {}/{} bytes {}..{} of {}", meta.index, meta.term, offset, offset + data.len() as u64, meta.size_bytes)
+            format!(
+                "Snapshot {t} at {}/{} bytes {}..{} of {}",
+                meta.index,
+                meta.term,
+                offset,
+                offset + data.len() as u64,
+                meta.size_bytes
+            )
         }
         MessageBody::InstallSnapshotResponse { index, next_offset, done, .. } => {
             format!("SnapshotResp {t} at {index} next={next_offset} done={done}")

@@ -51,13 +51,16 @@ fn s5_1_a_message_from_an_older_term_is_dropped_and_counted() {
     let mut c = three();
     let before = c.node(N2).log.last_index();
     let now = c.now;
-    let stale = msg(0, MessageBody::AppendEntries {
-        prev_log_index: LogIndex(0),
-        prev_log_term: Term(0),
-        entries: vec![Entry { term: Term(0), index: LogIndex(1), payload: EntryPayload::Noop }],
-        leader_commit: LogIndex(1),
-        ctx: 0,
-    });
+    let stale = msg(
+        0,
+        MessageBody::AppendEntries {
+            prev_log_index: LogIndex(0),
+            prev_log_term: Term(0),
+            entries: vec![Entry { term: Term(0), index: LogIndex(1), payload: EntryPayload::Noop }],
+            leader_commit: LogIndex(1),
+            ctx: 0,
+        },
+    );
     c.node_mut(N2).handle_message(now, N3, stale);
     assert_eq!(c.node(N2).stats().dropped_stale_term, 1);
     assert_eq!(c.node(N2).log.last_index(), before);
@@ -79,7 +82,17 @@ fn s5_2_a_candidate_with_a_majority_becomes_leader_and_sends_a_noop() {
 fn s5_2_each_node_votes_at_most_once_per_term() {
     let mut c = Cluster::new(3, no_prevote);
     let now = c.now;
-    let ask = |last| msg(5, MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(last), last_log_term: Term(0), transfer: false });
+    let ask = |last| {
+        msg(
+            5,
+            MessageBody::RequestVote {
+                pre_vote: false,
+                last_log_index: LogIndex(last),
+                last_log_term: Term(0),
+                transfer: false,
+            },
+        )
+    };
     c.node_mut(N3).handle_message(now, N1, ask(0));
     c.node_mut(N3).handle_message(now, N2, ask(0));
     c.drain(N3);
@@ -165,7 +178,10 @@ fn s5_3_a_follower_refuses_entries_that_do_not_follow_its_log() {
     c.node_mut(N2).handle_message(now, N1, gap);
     let reply = c.nodes.get_mut(&N2).unwrap().poll_action();
     match reply {
-        Some(Action::Send { to: N1, message: Message { body: MessageBody::AppendEntriesResponse { reject: Some(h), index, .. }, .. } }) => {
+        Some(Action::Send {
+            to: N1,
+            message: Message { body: MessageBody::AppendEntriesResponse { reject: Some(h), index, .. }, .. },
+        }) => {
             assert_eq!(index, LogIndex(7));
             assert_eq!(h.index, LogIndex(1), "hint points at the follower's last entry");
         }
@@ -189,8 +205,10 @@ fn s5_3_the_leader_overwrites_a_followers_uncommitted_conflicting_entries() {
     c.heartbeat();
     assert_eq!(c.node(N1).leader(), Some(N2));
     assert_eq!(c.applied_commands(N1), vec![String::from("kept")]);
-    let n1_log: Vec<Term> = (1..=c.node(N1).log.last_index().0).map(|i| c.node(N1).log.term(LogIndex(i)).unwrap()).collect();
-    let n2_log: Vec<Term> = (1..=c.node(N2).log.last_index().0).map(|i| c.node(N2).log.term(LogIndex(i)).unwrap()).collect();
+    let n1_log: Vec<Term> =
+        (1..=c.node(N1).log.last_index().0).map(|i| c.node(N1).log.term(LogIndex(i)).unwrap()).collect();
+    let n2_log: Vec<Term> =
+        (1..=c.node(N2).log.last_index().0).map(|i| c.node(N2).log.term(LogIndex(i)).unwrap()).collect();
     assert_eq!(n1_log, n2_log, "logs match after repair");
 }
 
@@ -205,11 +223,19 @@ fn s5_4_1_a_vote_is_refused_to_a_candidate_with_an_older_log() {
     let now = c.now;
     let stale_candidate = msg(
         c.node(N2).term().0 + 1,
-        MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(1), last_log_term: Term(1), transfer: true },
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: LogIndex(1),
+            last_log_term: Term(1),
+            transfer: true,
+        },
     );
     c.node_mut(N2).handle_message(now, N3, stale_candidate);
     c.drain(N2);
-    let refused = c.queue.iter().any(|m| m.to == N3 && matches!(m.message.body, MessageBody::RequestVoteResponse { granted: false, .. }));
+    let refused = c
+        .queue
+        .iter()
+        .any(|m| m.to == N3 && matches!(m.message.body, MessageBody::RequestVoteResponse { granted: false, .. }));
     assert!(refused);
 }
 
@@ -486,7 +512,15 @@ fn check_quorum_makes_an_isolated_leader_step_down() {
 fn followers_in_lease_ignore_vote_requests() {
     let mut c = three();
     let now = c.now;
-    let disrupt = msg(7, MessageBody::RequestVote { pre_vote: false, last_log_index: LogIndex(9), last_log_term: Term(6), transfer: false });
+    let disrupt = msg(
+        7,
+        MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: LogIndex(9),
+            last_log_term: Term(6),
+            transfer: false,
+        },
+    );
     c.node_mut(N2).handle_message(now, N3, disrupt);
     assert_eq!(c.node(N2).term(), Term(1));
     assert_eq!(c.node(N2).stats().ignored_in_lease, 1);
@@ -663,7 +697,8 @@ fn s7_an_interrupted_transfer_of_the_same_snapshot_resumes_where_it_stopped() {
     assert_eq!(held, 12);
     c.heartbeat();
     c.heartbeat();
-    let resent_from_zero = c.transcript.lines().filter(|l| l.contains("-> n3 Snapshot") && l.contains("bytes 0..")).count();
+    let resent_from_zero =
+        c.transcript.lines().filter(|l| l.contains("-> n3 Snapshot") && l.contains("bytes 0..")).count();
     assert_eq!(resent_from_zero, 1, "chunk 0 was sent once: the transfer resumed at byte 12");
     assert_eq!(c.node(N3).snapshot_meta().index, c.node(N1).snapshot_meta().index);
 }
@@ -681,7 +716,10 @@ fn snapshot_wanted_is_emitted_at_the_threshold() {
     c.propose(N1, "b").unwrap();
     assert!(c.events[&N1].iter().any(|e| matches!(e, Event::SnapshotWanted { applied } if *applied == LogIndex(3))));
     let now = c.now;
-    assert!(matches!(c.node_mut(N1).handle_snapshot(now, LogIndex(2), Bytes::new()), Err(SnapshotError::NotAtApplied { .. })));
+    assert!(matches!(
+        c.node_mut(N1).handle_snapshot(now, LogIndex(2), Bytes::new()),
+        Err(SnapshotError::NotAtApplied { .. })
+    ));
 }
 
 // ----- batching and flow control -----
@@ -718,7 +756,9 @@ fn the_inflight_window_bounds_unacknowledged_appends() {
         c.node_mut(N1).propose(now, Bytes::from_static(b"p")).unwrap();
     }
     let appends_to_n2 = core::iter::from_fn(|| c.nodes.get_mut(&N1).unwrap().poll_action())
-        .filter(|a| matches!(a, Action::Send { to: N2, message: Message { body: MessageBody::AppendEntries { .. }, .. } }))
+        .filter(|a| {
+            matches!(a, Action::Send { to: N2, message: Message { body: MessageBody::AppendEntries { .. }, .. } })
+        })
         .count();
     assert_eq!(appends_to_n2, 2, "two messages in flight, the rest wait");
 }
@@ -742,13 +782,20 @@ fn an_append_contradicting_committed_entries_changes_nothing() {
     c.propose(N1, "a").unwrap();
     let committed = c.node(N2).committed();
     let now = c.now;
-    let forged = msg(1, MessageBody::AppendEntries {
-        prev_log_index: LogIndex(1),
-        prev_log_term: Term(1),
-        entries: vec![Entry { term: Term(1), index: LogIndex(2), payload: EntryPayload::Command(Bytes::from_static(b"evil")) }],
-        leader_commit: LogIndex(0),
-        ctx: 0,
-    });
+    let forged = msg(
+        1,
+        MessageBody::AppendEntries {
+            prev_log_index: LogIndex(1),
+            prev_log_term: Term(1),
+            entries: vec![Entry {
+                term: Term(1),
+                index: LogIndex(2),
+                payload: EntryPayload::Command(Bytes::from_static(b"evil")),
+            }],
+            leader_commit: LogIndex(0),
+            ctx: 0,
+        },
+    );
     // prev below commit: answered with the commit index, nothing overwritten.
     c.node_mut(N2).handle_message(now, N1, forged);
     assert_eq!(c.node(N2).committed(), committed);
@@ -765,4 +812,3 @@ fn a_response_claiming_an_index_beyond_the_log_is_ignored() {
     assert!(c.node(N1).committed() < LogIndex(999));
     assert_eq!(c.node(N1).stats().dropped_invalid, 1);
 }
-
