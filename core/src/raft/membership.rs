@@ -77,6 +77,23 @@ pub enum ConfChangeError {
     ReservedNodeId,
 }
 
+/// Why a membership from outside is malformed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum MembershipError {
+    /// A set is not sorted and free of duplicates.
+    #[error("a member set is not sorted or has duplicates")]
+    NotSorted,
+    /// Node id zero is reserved.
+    #[error("node id 0 is reserved")]
+    ReservedNodeId,
+    /// A node is a learner and a voter, or a next-learner outside the outgoing voters.
+    #[error("a node is both a learner and a voter")]
+    Overlap,
+    /// `auto_leave` is set on a simple membership.
+    #[error("auto_leave is set outside a joint membership")]
+    AutoLeaveNotJoint,
+}
+
 /// Voters and learners of a Raft group. Every set is sorted and free of duplicates.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
@@ -279,6 +296,29 @@ impl Membership {
             let _ = scratch.apply_item(*item);
         }
         symmetric_difference(&self.voters, &scratch.voters)
+    }
+
+    /// Checks what [`Membership::check_invariants`] asserts, as an error: for memberships that
+    /// come from outside (a peer's snapshot, the host's bootstrap).
+    pub fn validate(&self) -> Result<(), MembershipError> {
+        for set in [&self.voters, &self.voters_outgoing, &self.learners, &self.learners_next] {
+            if !set.windows(2).all(|w| w[0] < w[1]) {
+                return Err(MembershipError::NotSorted);
+            }
+            if set.contains(&NodeId::NONE) {
+                return Err(MembershipError::ReservedNodeId);
+            }
+        }
+        let learners_ok = self.learners.iter().all(|id| !self.is_voter(*id));
+        let next_ok =
+            self.learners_next.iter().all(|id| contains(&self.voters_outgoing, *id) && !contains(&self.voters, *id));
+        if !learners_ok || !next_ok {
+            return Err(MembershipError::Overlap);
+        }
+        if self.auto_leave && !self.is_joint() {
+            return Err(MembershipError::AutoLeaveNotJoint);
+        }
+        Ok(())
     }
 
     /// Panics if the sets are unsorted, overlap where they must not, or are otherwise malformed.

@@ -30,6 +30,10 @@ impl fmt::Display for Term {
 pub struct LogIndex(pub u64);
 
 impl LogIndex {
+    /// The largest index a node accepts from a peer (2^62), far beyond any real log, so that
+    /// index arithmetic can never overflow whatever a forged message claims.
+    pub const MAX_VALID: LogIndex = LogIndex(1 << 62);
+
     /// The index after this one.
     pub fn next(self) -> LogIndex {
         LogIndex(self.0.saturating_add(1))

@@ -48,7 +48,9 @@ use thiserror::Error;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{Config, ConfigError, ReadMode};
-pub use membership::{ConfChange, ConfChangeError, ConfChangeItem, ConfTransition, Membership, VoteResult};
+pub use membership::{
+    ConfChange, ConfChangeError, ConfChangeItem, ConfTransition, Membership, MembershipError, VoteResult,
+};
 pub use message::{
     Entry, EntryPayload, HardState, LogIndex, Message, MessageBody, RejectHint, Snapshot, SnapshotMeta, Term,
 };
@@ -333,6 +335,11 @@ impl Raft {
         now: Instant,
     ) -> Result<Raft, ConfigError> {
         cfg.validate()?;
+        let bad_membership = |m: &Membership| m.validate().is_err();
+        if bad_membership(&bootstrap) || recovered.snapshot.as_ref().is_some_and(|s| bad_membership(&s.meta.membership))
+        {
+            return Err(ConfigError { field: "bootstrap", expected: "a well-formed membership (sorted, no id 0)" });
+        }
         let snapshot = recovered.snapshot.unwrap_or_else(|| Snapshot {
             meta: SnapshotMeta { membership: bootstrap, ..SnapshotMeta::default() },
             data: Bytes::new(),

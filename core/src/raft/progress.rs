@@ -176,7 +176,9 @@ impl Progress {
             self.next = self.matched.next();
             return true;
         }
-        if self.next.prev() != rejected {
+        // A rejection at or below the match contradicts an earlier acknowledgement: stale, or
+        // from a broken peer. Retrying it at once would loop forever; the heartbeat retries.
+        if self.next.prev() != rejected || rejected <= self.matched {
             return false;
         }
         self.next = hint.next().min(rejected).max(self.matched.next());

@@ -162,6 +162,17 @@ impl Raft {
             self.stats.dropped_invalid += 1;
             return;
         }
+        let term = self.term;
+        let terms_valid = entries.first().is_none_or(|e| e.term >= prev_log_term)
+            && entries.windows(2).all(|w| w[0].term <= w[1].term)
+            && entries.last().is_none_or(|e| e.term <= term)
+            && prev_log_term <= term;
+        let indexes_valid = prev_log_index.0.saturating_add(entries.len() as u64) <= LogIndex::MAX_VALID.0;
+        if !terms_valid || !indexes_valid {
+            // No correct leader sends this: its log never has terms decreasing or from the future.
+            self.stats.dropped_invalid += 1;
+            return;
+        }
         self.accept_leader(from);
         if prev_log_index < self.log.committed {
             // Everything up to our commit already matches; say so and let the leader move on.
@@ -382,7 +393,11 @@ impl Raft {
         data: Bytes,
         ctx: u64,
     ) {
-        if self.role == Role::Leader {
+        let well_formed = meta.term <= self.term
+            && meta.index <= LogIndex::MAX_VALID
+            && (meta.index.0 == 0) == (meta.term.0 == 0)
+            && meta.membership.validate().is_ok();
+        if self.role == Role::Leader || !well_formed {
             self.stats.dropped_invalid += 1;
             return;
         }
