@@ -2,7 +2,7 @@
 //!
 //! # Driving contract
 //!
-//! [`Raft`] follows the crate-wide [`Machine`](crate::Machine) shape:
+//! [`Raft`] follows the crate-wide [`Machine`] shape:
 //! - inputs: [`Raft::handle_message`], [`Raft::handle_timeout`], [`Raft::handle_persisted`],
 //!   [`Raft::handle_snapshot`];
 //! - commands: [`Raft::propose`], [`Raft::propose_batch`], [`Raft::propose_conf_change`],
