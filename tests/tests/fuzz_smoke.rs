@@ -387,28 +387,12 @@ struct Livelock;
 
 /// `Cluster::deliver_all`, reporting a livelock instead of panicking.
 fn deliver_all(c: &mut Cluster) -> Result<(), Livelock> {
-    for _ in 0..100_000 {
-        if !c.deliver_one() {
-            return Ok(());
-        }
-    }
-    Err(Livelock)
+    c.try_deliver_all().then_some(()).ok_or(Livelock)
 }
 
 /// `Cluster::run_for`, reporting a livelock instead of panicking.
 fn run_for(c: &mut Cluster, d: Duration) -> Result<(), Livelock> {
-    let end = c.now.saturating_add(d);
-    for _ in 0..1_000_000 {
-        let next = c.nodes.iter().filter_map(|(id, r)| r.poll_timeout().map(|t| (t, *id))).min();
-        let Some((t, id)) = next.filter(|(t, _)| *t <= end) else { break };
-        c.now = c.now.max(t);
-        let now = c.now;
-        c.node_mut(id).handle_timeout(now);
-        c.drain(id);
-        deliver_all(c)?;
-    }
-    c.now = c.now.max(end);
-    Ok(())
+    c.try_run_for(d).then_some(()).ok_or(Livelock)
 }
 
 fn apply(c: &mut Cluster, op: &Op) -> Result<(), Livelock> {

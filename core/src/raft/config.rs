@@ -25,7 +25,7 @@ pub enum ReadMode {
 }
 
 /// Test-only switches that plant known bugs, so the simulator can prove it catches them.
-#[cfg(feature = "planted-bugs")]
+/// They can only be switched on with the `planted-bugs` feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
     /// Grant votes without the log up-to-date check of §5.4.1.

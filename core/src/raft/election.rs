@@ -73,7 +73,8 @@ impl Raft {
     ) {
         let can_vote =
             self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre_vote && term > self.term);
-        let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term) || self.planted_vote_bug();
+        let up_to_date =
+            self.log.is_up_to_date(last_log_index, last_log_term) || self.planted(PlantedBug::VoteWithoutUpToDateCheck);
         let granted = can_vote && up_to_date;
         if pre_vote {
             // A granted pre-vote answers in the candidate's future term; a refusal in ours.
@@ -87,16 +88,6 @@ impl Raft {
             self.persist_hard_state();
         }
         self.send(from, MessageBody::RequestVoteResponse { pre_vote: false, granted });
-    }
-
-    #[cfg(feature = "planted-bugs")]
-    fn planted_vote_bug(&self) -> bool {
-        self.cfg.planted_bug == Some(PlantedBug::VoteWithoutUpToDateCheck)
-    }
-
-    #[cfg(not(feature = "planted-bugs"))]
-    fn planted_vote_bug(&self) -> bool {
-        false
     }
 
     pub(super) fn on_vote_response(&mut self, from: NodeId, pre_vote: bool, granted: bool) {

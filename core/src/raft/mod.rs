@@ -45,9 +45,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use thiserror::Error;
 
-#[cfg(feature = "planted-bugs")]
-pub use config::PlantedBug;
-pub use config::{Config, ConfigError, ReadMode};
+pub use config::{Config, ConfigError, PlantedBug, ReadMode};
 pub use membership::{
     ConfChange, ConfChangeError, ConfChangeItem, ConfTransition, Membership, MembershipError, VoteResult,
 };
@@ -785,6 +783,19 @@ impl Raft {
     fn reset_election_deadline(&mut self, now: Instant) {
         let timeout = self.random_election_timeout();
         self.election_deadline = now.saturating_add(timeout);
+    }
+
+    /// True when the test-only `bug` is planted (always false without `planted-bugs`).
+    fn planted(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.cfg.planted_bug == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
     }
 
     fn check_can_propose(&self) -> Result<(), ProposeError> {

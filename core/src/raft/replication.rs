@@ -109,33 +109,13 @@ impl Raft {
         if quorum <= self.log.committed {
             return false;
         }
-        if self.log.term(quorum) != Some(self.term) && !self.planted_commit_bug() {
+        if self.log.term(quorum) != Some(self.term) && !self.planted(PlantedBug::CommitOldTermByCounting) {
             return false;
         }
         self.log.commit_to(quorum);
         self.apply_committed();
         self.release_reads_awaiting_commit();
         true
-    }
-
-    #[cfg(feature = "planted-bugs")]
-    fn planted_commit_bug(&self) -> bool {
-        self.cfg.planted_bug == Some(PlantedBug::CommitOldTermByCounting)
-    }
-
-    #[cfg(not(feature = "planted-bugs"))]
-    fn planted_commit_bug(&self) -> bool {
-        false
-    }
-
-    #[cfg(feature = "planted-bugs")]
-    fn planted_ack_bug(&self) -> bool {
-        self.cfg.planted_bug == Some(PlantedBug::AckBeforePersist)
-    }
-
-    #[cfg(not(feature = "planted-bugs"))]
-    fn planted_ack_bug(&self) -> bool {
-        false
     }
 
     fn accept_leader(&mut self, from: NodeId) {
@@ -189,7 +169,7 @@ impl Raft {
             AppendOutcome::Invalid => self.stats.dropped_invalid += 1,
             AppendOutcome::Appended { last_new, first_written } => {
                 let ack = MessageBody::AppendEntriesResponse { index: last_new, reject: None, ctx };
-                let planted = self.planted_ack_bug();
+                let planted = self.planted(PlantedBug::AckBeforePersist);
                 if planted {
                     self.send(from, ack.clone());
                 }
