@@ -331,6 +331,7 @@ impl FMessage {
                     entries,
                     leader_commit: leader_commit.get(v),
                     ctx: ctx.get(v),
+                    commit_only: ctx.get(v) % 2 == 1,
                 }
             }
             FBody::AppendEntriesResponse { index, reject, ctx } => MessageBody::AppendEntriesResponse {

@@ -218,6 +218,7 @@ impl Recipe {
                     entries,
                     leader_commit: i(*commit),
                     ctx: *ctx,
+                    commit_only: *ctx % 2 == 1,
                 }
             }
             BodyRecipe::AppendResponse { index, reject, ctx } => MessageBody::AppendEntriesResponse {
@@ -597,6 +598,7 @@ fn fuzz_smoke_regression_1_append_with_decreasing_entry_terms() {
             entries,
             leader_commit: LogIndex(0),
             ctx: 0,
+            commit_only: false,
         };
         vec![append(vec![entry(2, term.0)]), append(vec![entry(2, term.0), entry(3, 0)])]
     });
@@ -623,6 +625,7 @@ fn fuzz_smoke_regression_4_entry_from_a_future_term() {
             entries: vec![Entry { term: Term(term.0 + 5), index: last.next(), payload: EntryPayload::Noop }],
             leader_commit: LogIndex(0),
             ctx: 0,
+            commit_only: false,
         }]
     });
 }

@@ -262,7 +262,7 @@ impl Raft {
     /// Called when an applied membership no longer makes this leader a voter: hand over to
     /// the most caught-up voter, if one is ready, and step down.
     pub(super) fn step_down_after_removal(&mut self) {
-        self.broadcast_append(true);
+        self.broadcast_append(replication::Empty::CommitOnly);
         let last = self.log.last_index();
         let me = self.cfg.id;
         let target = self

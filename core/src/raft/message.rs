@@ -172,6 +172,9 @@ pub enum MessageBody {
         leader_commit: LogIndex,
         /// The leader's clock when sent; echoed back to confirm leadership after that instant.
         ctx: u64,
+        /// Sent only to carry a new commit index: a follower whose log matches need not answer
+        /// (a mismatch is always answered). Saves a message per follower per commit.
+        commit_only: bool,
     },
     /// The answer to [`MessageBody::AppendEntries`].
     AppendEntriesResponse {

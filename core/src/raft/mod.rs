@@ -523,8 +523,10 @@ impl Raft {
                 self.on_request_vote(from, term, pre_vote, last_log_index, last_log_term)
             }
             MessageBody::RequestVoteResponse { pre_vote, granted } => self.on_vote_response(from, pre_vote, granted),
-            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, ctx } => {
-                self.on_append(from, prev_log_index, prev_log_term, entries, leader_commit, ctx)
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, ctx, commit_only } => {
+                let append =
+                    replication::Append { prev_log_index, prev_log_term, entries, leader_commit, ctx, commit_only };
+                self.on_append(from, append)
             }
             MessageBody::AppendEntriesResponse { index, reject, ctx } => {
                 self.on_append_response(from, index, reject, ctx)
@@ -574,7 +576,7 @@ impl Raft {
                 pr.maybe_update(persisted);
             }
             if self.maybe_commit() {
-                self.broadcast_append(true);
+                self.broadcast_append(replication::Empty::CommitOnly);
             }
         }
         self.flush_role_event();
@@ -680,7 +682,7 @@ impl Raft {
         if caught_up {
             self.send_timeout_now(target);
         } else {
-            self.send_append(target, true);
+            self.send_append(target, replication::Empty::WantReply);
         }
         Ok(())
     }

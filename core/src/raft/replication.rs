@@ -3,6 +3,27 @@
 use alloc::boxed::Box;
 
 use super::log::AppendOutcome;
+
+/// The fields of an incoming [`MessageBody::AppendEntries`].
+pub(super) struct Append {
+    pub prev_log_index: LogIndex,
+    pub prev_log_term: Term,
+    pub entries: Vec<Entry>,
+    pub leader_commit: LogIndex,
+    pub ctx: u64,
+    pub commit_only: bool,
+}
+
+/// What [`Raft::send_append`] does for a follower with no new entries to receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Empty {
+    /// Send nothing.
+    Skip,
+    /// Send an empty append that the follower must answer (a probe, or to recover an ack).
+    WantReply,
+    /// Send an empty append only to carry the commit index.
+    CommitOnly,
+}
 use super::progress::ProgressState;
 use super::*;
 
@@ -16,22 +37,22 @@ impl Raft {
             self.log.append(e);
         }
         let last = self.log.last_index();
-        self.broadcast_append(false);
+        self.broadcast_append(Empty::Skip);
         self.actions.push_back(Action::PersistEntries { first_index, last_index: last });
         // A lone voter commits as soon as its own write is durable; nothing to do until then.
         last
     }
 
-    /// Sends appends to every follower that can take one. With `send_if_empty`, followers that
-    /// are up to date get an empty append carrying the new commit index.
-    pub(super) fn broadcast_append(&mut self, send_if_empty: bool) {
+    /// Sends appends to every follower that can take one; `empty` says what to do for
+    /// followers with nothing new to receive.
+    pub(super) fn broadcast_append(&mut self, empty: Empty) {
         let me = self.cfg.id;
         let mut peers = core::mem::take(&mut self.peers_scratch);
         peers.clear();
         peers.extend(self.progress.keys().copied().filter(|id| *id != me));
         for &to in &peers {
-            if self.send_append(to, send_if_empty) {
-                while self.send_append(to, false) {}
+            if self.send_append(to, empty) {
+                while self.send_append(to, Empty::Skip) {}
             }
         }
         self.peers_scratch = peers;
@@ -39,7 +60,7 @@ impl Raft {
 
     /// Sends one append (or starts a snapshot) to `to` if flow control allows. Returns true if
     /// something was sent.
-    pub(super) fn send_append(&mut self, to: NodeId, send_if_empty: bool) -> bool {
+    pub(super) fn send_append(&mut self, to: NodeId, empty: Empty) -> bool {
         let Some(pr) = self.progress.get(&to) else { return false };
         if pr.is_paused() {
             return false;
@@ -51,11 +72,13 @@ impl Raft {
             return true;
         };
         let entries = self.log.entries_from(next, self.cfg.append_bytes_max);
-        if entries.is_empty() && !send_if_empty {
+        if entries.is_empty() && empty == Empty::Skip {
             return false;
         }
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         let pr = self.progress.get_mut(&to).expect("checked above");
+        // A probe must be answered; so must an append sent to recover a lost acknowledgement.
+        let commit_only = entries.is_empty() && empty == Empty::CommitOnly && pr.state == ProgressState::Replicate;
         match entries.last() {
             Some(last) => pr.sent_entries(last.index, bytes),
             None if pr.state == ProgressState::Probe => pr.probe_sent = true,
@@ -63,7 +86,9 @@ impl Raft {
         }
         let leader_commit = self.log.committed;
         let ctx = self.now.as_nanos();
-        self.send(to, MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, ctx });
+        let body =
+            MessageBody::AppendEntries { prev_log_index, prev_log_term, entries, leader_commit, ctx, commit_only };
+        self.send(to, body);
         true
     }
 
@@ -128,15 +153,8 @@ impl Raft {
         self.reset_election_deadline(now);
     }
 
-    pub(super) fn on_append(
-        &mut self,
-        from: NodeId,
-        prev_log_index: LogIndex,
-        prev_log_term: Term,
-        entries: Vec<Entry>,
-        leader_commit: LogIndex,
-        ctx: u64,
-    ) {
+    pub(super) fn on_append(&mut self, from: NodeId, append: Append) {
+        let Append { prev_log_index, prev_log_term, entries, leader_commit, ctx, commit_only } = append;
         if self.role == Role::Leader {
             // Two leaders in one term cannot happen with correct peers: drop it.
             self.stats.dropped_invalid += 1;
@@ -180,7 +198,9 @@ impl Raft {
                 if self.log.commit_to(leader_commit.min(last_new)) {
                     self.apply_committed();
                 }
-                if !planted {
+                // Nothing to acknowledge for a commit-only append that matched.
+                let ack_wanted = !commit_only || first_written.is_some();
+                if !planted && ack_wanted {
                     self.send(from, ack);
                 }
             }
@@ -215,7 +235,7 @@ impl Raft {
             if pr.state == ProgressState::Replicate {
                 pr.become_probe();
             }
-            self.send_append(from, true);
+            self.send_append(from, Empty::WantReply);
         }
     }
 
@@ -239,14 +259,14 @@ impl Raft {
             ProgressState::Replicate => pr.inflights.free_to(index),
         }
         if self.maybe_commit() {
-            self.broadcast_append(true);
+            self.broadcast_append(Empty::CommitOnly);
         } else {
             // A follower that was paused may have missed the commit index meanwhile: tell it,
             // even with an empty append, then fill its window.
             if was_paused {
-                self.send_append(from, true);
+                self.send_append(from, Empty::CommitOnly);
             }
-            while self.send_append(from, false) {}
+            while self.send_append(from, Empty::Skip) {}
         }
         if let Some(tr) = self.transfer {
             if tr.target == from && index == self.log.last_index() {
@@ -279,7 +299,7 @@ impl Raft {
             pr.inflights.free_first();
         }
         if pr.matched < last {
-            self.send_append(from, true);
+            self.send_append(from, Empty::WantReply);
         }
     }
 
@@ -350,7 +370,7 @@ impl Raft {
             if index > pr.matched || pr.state == ProgressState::Snapshot {
                 pr.maybe_update(index);
                 pr.become_probe();
-                self.send_append(from, true);
+                self.send_append(from, Empty::WantReply);
             }
             return;
         }

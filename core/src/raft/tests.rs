@@ -59,6 +59,7 @@ fn s5_1_a_message_from_an_older_term_is_dropped_and_counted() {
             entries: vec![Entry { term: Term(0), index: LogIndex(1), payload: EntryPayload::Noop }],
             leader_commit: LogIndex(1),
             ctx: 0,
+            commit_only: false,
         },
     );
     c.node_mut(N2).handle_message(now, N3, stale);
@@ -173,6 +174,7 @@ fn s5_3_a_follower_refuses_entries_that_do_not_follow_its_log() {
             entries: vec![Entry { term, index: LogIndex(8), payload: EntryPayload::Noop }],
             leader_commit: LogIndex(1),
             ctx: 0,
+            commit_only: false,
         },
     };
     c.node_mut(N2).handle_message(now, N1, gap);
@@ -794,6 +796,7 @@ fn an_append_contradicting_committed_entries_changes_nothing() {
             }],
             leader_commit: LogIndex(0),
             ctx: 0,
+            commit_only: false,
         },
     );
     // prev below commit: answered with the commit index, nothing overwritten.
