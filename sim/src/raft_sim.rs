@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quorate_core::raft::{
     Action, ConfChange, ConfChangeItem, ConfTransition, Config, Entry, EntryPayload, Event, HardState, LogIndex,
-    Membership, Message, ProposeError, Raft, ReadMode, Recovered, Role, Snapshot, Term,
+    Membership, Message, ProposeError, Raft, ReadMode, Recovered, Role, Snapshot, Term, VoteResult,
 };
 use quorate_core::{fnv1a64, fnv1a64_extend, wire, Instant, NodeId};
 use rand_chacha::ChaCha8Rng;
@@ -228,6 +228,9 @@ struct Node {
     epoch: u64,
     kv: Kv,
     kv_applied: LogIndex,
+    /// The membership in force before the entries being applied now: the one their commit
+    /// was counted under.
+    commit_membership: Membership,
     /// Proposals this node made for clients: index -> (client, seq).
     waiting_writes: BTreeMap<LogIndex, (usize, u64, u64)>,
     /// Reads issued through Raft: read id -> (client, seq, key).
@@ -359,6 +362,7 @@ impl World {
                 epoch: 0,
                 kv: Kv::default(),
                 kv_applied: LogIndex(0),
+                commit_membership: Membership::default(),
                 waiting_writes: BTreeMap::new(),
                 waiting_reads: BTreeMap::new(),
                 ready_reads: Vec::new(),
@@ -449,6 +453,7 @@ impl World {
         let bootstrap = Membership::with_voters(self.ids.iter().copied());
         let seed = self.cfg.seed ^ (id.0 << 32) ^ node.epoch;
         let raft = Raft::new(cfg, bootstrap, recovered, seed, node.local(now)).expect("sim config is valid");
+        node.commit_membership = raft.membership().clone();
         node.raft = Some(raft);
         node.kv = Kv::default();
         node.kv_applied = LogIndex(0);
@@ -709,12 +714,49 @@ impl World {
             Action::PersistSnapshot(s) => self.push_write(id, Write::Snapshot(*s)),
             Action::CompactLog { upto } => self.push_write(id, Write::Compact(upto)),
             Action::ApplyEntries { first_index, last_index } => {
+                self.check_commit_is_durable(id, last_index);
                 for e in self.lent_entries(id, first_index, last_index) {
                     self.apply_entry(id, &e);
                 }
+                self.record_commit_membership(id);
             }
-            Action::ApplySnapshot(s) => self.apply_snapshot(id, &s),
+            Action::ApplySnapshot(s) => {
+                self.apply_snapshot(id, &s);
+                self.record_commit_membership(id);
+            }
             Action::Event(ev) => self.on_raft_event(id, ev, snapshot_wanted),
+        }
+    }
+
+    /// Why a commit is safe (Raft dissertation §3.6.2): when the leader of term T commits
+    /// through `last`, a quorum of the membership it counted under durably stores an entry of
+    /// term T at or after `last`, so every later leader must hold it. Checked against what is
+    /// really on each node's synced disk, this catches commits counted wrongly and
+    /// acknowledgements sent before their entries were persisted.
+    fn check_commit_is_durable(&mut self, id: NodeId, last: LogIndex) {
+        let node = &self.nodes[&id];
+        let Some(raft) = node.raft.as_ref().filter(|r| r.role() == Role::Leader) else { return };
+        let term = raft.term();
+        // A durable snapshot at or past `last` holds it too: snapshots hold only committed state.
+        let stores = |v: NodeId| {
+            self.nodes.get(&v).is_some_and(|n| {
+                n.durable.snapshot.as_ref().is_some_and(|s| s.meta.index >= last)
+                    || n.durable.entries.iter().rev().take_while(|e| e.index >= last).any(|e| e.term == term)
+            })
+        };
+        if node.commit_membership.vote_result(|v| Some(stores(v))) != VoteResult::Won {
+            self.violation = Some(format!(
+                "commit not durable: {id}, leader of {term}, committed through {last} but no quorum of {:?} durably \
+                 stores an entry of {term} at or after it",
+                node.commit_membership.all_voters()
+            ));
+        }
+    }
+
+    fn record_commit_membership(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(r) = node.raft.as_ref() {
+            node.commit_membership = r.membership().clone();
         }
     }
 
