@@ -98,15 +98,17 @@ impl Kv {
 
     /// Serializes the whole state (deterministic: every map is ordered).
     pub fn snapshot(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).unwrap_or_default()
+        // Serializing ordered maps of integers into a Vec has no failure case.
+        postcard::to_allocvec(self).expect("a Kv always serializes")
     }
 
-    /// Restores from [`Kv::snapshot`] bytes; an empty snapshot is the empty map.
-    pub fn restore(bytes: &[u8]) -> Kv {
+    /// Restores from [`Kv::snapshot`] bytes; an empty snapshot is the empty map. Bytes that
+    /// do not decode are an error, never an empty map in disguise.
+    pub fn restore(bytes: &[u8]) -> Result<Kv, postcard::Error> {
         if bytes.is_empty() {
-            return Kv::default();
+            return Ok(Kv::default());
         }
-        postcard::from_bytes(bytes).unwrap_or_default()
+        postcard::from_bytes(bytes)
     }
 }
 
@@ -128,6 +130,7 @@ mod tests {
         kv.apply(&KvCommand { client: 2, seq: 1, op: KvOp::Put { key: 0, value: 0 } });
         assert_eq!(kv.apply(&again), Some(KvResult::Ok), "a retry gets the first answer");
         assert_eq!(kv.get(0), Some(0), "and is not applied twice");
-        assert_eq!(Kv::restore(&kv.snapshot()), kv);
+        assert_eq!(Kv::restore(&kv.snapshot()).unwrap(), kv);
+        assert!(Kv::restore(&[0xff; 3]).is_err(), "garbage is an error, not an empty map");
     }
 }

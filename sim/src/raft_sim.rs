@@ -818,7 +818,7 @@ impl World {
         let result = node.kv.apply(&cmd);
         if let (Some((client, _, seq)), Some(result)) = (waiter, result) {
             if cmd.client == self.clients[client].id && cmd.seq == seq {
-                self.reply(id, client, seq, Reply::Written(result));
+                self.reply(client, seq, Reply::Written(result));
             }
         }
     }
@@ -834,7 +834,14 @@ impl World {
             }
         }
         let node = self.nodes.get_mut(&id).expect("known node");
-        node.kv = Kv::restore(&s.data);
+        node.kv = match Kv::restore(&s.data) {
+            Ok(kv) => kv,
+            Err(e) => {
+                self.violation =
+                    Some(format!("{id} received a snapshot at {} that does not decode: {e}", s.meta.index));
+                return;
+            }
+        };
         node.kv_applied = s.meta.index;
         node.waiting_writes.retain(|index, _| *index > s.meta.index);
         self.stats.snapshots_installed += 1;
@@ -853,7 +860,7 @@ impl World {
             Event::ReadFailed { id: read } => {
                 let node = self.nodes.get_mut(&id).expect("known node");
                 if let Some((client, seq, _)) = node.waiting_reads.remove(&read) {
-                    self.reply(id, client, seq, Reply::Retry);
+                    self.reply(client, seq, Reply::Retry);
                 }
             }
             Event::SnapshotWanted { applied } => *snapshot_wanted = Some(applied),
@@ -964,7 +971,7 @@ impl World {
         node.ready_reads = waiting;
         let answers: Vec<_> = ready.into_iter().map(|(_, client, seq, key)| (client, seq, node.kv.get(key))).collect();
         for (client, seq, value) in answers {
-            self.reply(id, client, seq, Reply::Value(value));
+            self.reply(client, seq, Reply::Value(value));
         }
     }
 
@@ -982,8 +989,8 @@ impl World {
                     Ok(index) => {
                         node.waiting_writes.insert(index, (client, cmd.client, seq));
                     }
-                    Err(ProposeError::NotLeader { leader }) => self.reply(id, client, seq, Reply::NotLeader(leader)),
-                    Err(_) => self.reply(id, client, seq, Reply::Retry),
+                    Err(ProposeError::NotLeader { leader }) => self.reply(client, seq, Reply::NotLeader(leader)),
+                    Err(_) => self.reply(client, seq, Reply::Retry),
                 }
             }
             Request::Read { seq, key, .. } => {
@@ -995,7 +1002,7 @@ impl World {
                     }
                     Err(_) => {
                         let leader = raft.leader();
-                        self.reply(id, client, seq, Reply::NotLeader(leader));
+                        self.reply(client, seq, Reply::NotLeader(leader));
                     }
                 }
             }
@@ -1003,7 +1010,7 @@ impl World {
         self.process(id);
     }
 
-    fn reply(&mut self, _from: NodeId, client: usize, seq: u64, reply: Reply) {
+    fn reply(&mut self, client: usize, seq: u64, reply: Reply) {
         if chance(&mut self.rng, self.link.loss) {
             return;
         }
@@ -1188,10 +1195,8 @@ impl World {
             0 => self.link.split(a, b),
             1 => self.link.cut_one_way(a, b),
             _ => {
-                // A bridge: one node of `b` still talks to both sides.
-                let (bridge, rest) = b.split_at(1);
-                self.link.split(a, rest);
-                let _ = bridge;
+                // A bridge: b[0] still talks to both sides; the rest of `b` is cut from `a`.
+                self.link.split(a, &b[1..]);
             }
         }
         self.partition_generation += 1;
