@@ -1187,6 +1187,9 @@ impl World {
     }
 
     fn partition(&mut self, kind: u64) {
+        if self.ids.len() < 2 {
+            return;
+        }
         let ids = self.shuffled_ids();
         let cut = uniform(&mut self.rng, 1, (ids.len() / 2) as u64) as usize;
         let (a, b) = ids.split_at(cut);
@@ -1194,10 +1197,9 @@ impl World {
         match kind {
             0 => self.link.split(a, b),
             1 => self.link.cut_one_way(a, b),
-            _ => {
-                // A bridge: b[0] still talks to both sides; the rest of `b` is cut from `a`.
-                self.link.split(a, &b[1..]);
-            }
+            // A bridge: b[0] still talks to both sides; the rest of `b` is cut from `a`.
+            _ if b.len() > 1 => self.link.split(a, &b[1..]),
+            _ => self.link.split(a, b),
         }
         self.partition_generation += 1;
         let generation = self.partition_generation;

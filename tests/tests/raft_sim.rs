@@ -30,9 +30,9 @@ fn sweep_200_seeds_with_every_fault_finds_no_violation() {
 }
 
 #[test]
-fn sweep_of_three_and_seven_node_clusters_finds_no_violation() {
-    for nodes in [3, 7] {
-        let a = parse_raft(&args(&format!("--seeds 0..25 --nodes {nodes}"))).unwrap();
+fn sweep_of_other_cluster_sizes_finds_no_violation() {
+    for (nodes, seeds) in [(1, 5), (2, 10), (3, 25), (7, 25)] {
+        let a = parse_raft(&args(&format!("--seeds 0..{seeds} --nodes {nodes}"))).unwrap();
         for r in run_seeds(&a).unwrap() {
             assert!(r.violation.is_none(), "{nodes} nodes, seed {}: {:?}", r.seed, r.violation);
         }
