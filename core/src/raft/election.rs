@@ -9,6 +9,11 @@ impl Raft {
     /// must be dropped.
     pub(super) fn admit_term(&mut self, from: NodeId, msg: &Message) -> bool {
         let now = self.now;
+        if msg.term > Term::MAX_VALID {
+            // Terms never get near this; accepting it would wedge the cluster at the top term.
+            self.stats.dropped_invalid += 1;
+            return false;
+        }
         if msg.term > self.term {
             match &msg.body {
                 MessageBody::RequestVote { transfer, pre_vote, .. } => {
@@ -57,6 +62,9 @@ impl Raft {
         if self.role == Role::Leader {
             // A leader is its own lease; check-quorum deposes it if it loses its quorum.
             return self.cfg.check_quorum;
+        }
+        if now < self.vote_fence_until {
+            return true;
         }
         self.cfg.check_quorum
             && self.leader.is_some()
@@ -223,6 +231,8 @@ impl Raft {
             if now >= tr.deadline {
                 self.transfer = None;
                 self.event(Event::TransferAborted { target: tr.target });
+                // An automatic leave of a joint membership waits for transfers; do it now.
+                self.maybe_auto_leave();
             }
         }
     }
@@ -292,7 +302,18 @@ impl Raft {
 
     /// Fails every read forwarded to a leader that is no longer the leader.
     pub(super) fn fail_forwarded_reads(&mut self) {
-        for id in core::mem::take(&mut self.forwarded_reads) {
+        for (id, _) in core::mem::take(&mut self.forwarded_reads) {
+            self.event(Event::ReadFailed { id });
+        }
+    }
+
+    /// Fails forwarded reads whose request or answer was lost (no answer by their deadline).
+    pub(super) fn expire_forwarded_reads(&mut self, now: Instant) {
+        while let Some(&(id, deadline)) = self.forwarded_reads.front() {
+            if deadline > now {
+                break;
+            }
+            self.forwarded_reads.pop_front();
             self.event(Event::ReadFailed { id });
         }
     }

@@ -13,6 +13,9 @@ use super::membership::{ConfChange, Membership};
 pub struct Term(pub u64);
 
 impl Term {
+    /// The largest term a node accepts from a peer (2^62), so `next()` never saturates.
+    pub const MAX_VALID: Term = Term(1 << 62);
+
     /// The term after this one.
     pub fn next(self) -> Term {
         Term(self.0.saturating_add(1))

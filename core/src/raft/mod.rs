@@ -302,6 +302,9 @@ pub struct Raft {
     heartbeat_deadline: Instant,
     check_quorum_deadline: Instant,
     last_leader_contact: Option<Instant>,
+    /// With lease reads, a restarted node may have promised a leader not to vote until some
+    /// instant it no longer remembers; it refuses votes until this one to keep that promise.
+    vote_fence_until: Instant,
     transfer: Option<Transfer>,
     /// Once a leader sent TimeoutNow, other voters may elect without waiting out its lease.
     lease_revoked: bool,
@@ -309,7 +312,8 @@ pub struct Raft {
     uncommitted_bytes: u64,
     reads: VecDeque<PendingRead>,
     reads_awaiting_commit: VecDeque<ReadOrigin>,
-    forwarded_reads: VecDeque<u64>,
+    /// Reads forwarded to the leader: id and the instant after which they are failed.
+    forwarded_reads: VecDeque<(u64, Instant)>,
     last_read_heartbeat_ctx: u64,
     incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
     snapshot_wanted_at: LogIndex,
@@ -344,17 +348,9 @@ impl Raft {
         });
         let mut log = RaftLog::new(snapshot.meta.index, snapshot.meta.term, recovered.entries);
         log.committed = recovered.hard_state.commit.clamp(log.snapshot_index(), log.last_index());
-        // Committed membership changes are known to be in force; re-derive them now so an
-        // election right after restart uses the right voters. The entries are still handed
-        // to the host as `ApplyEntries` to rebuild its state machine.
-        let mut membership = snapshot.meta.membership.clone();
-        for e in log.slice(log.first_index(), log.committed) {
-            if let EntryPayload::ConfChange(cc) = &e.payload {
-                if let Ok(next) = membership.apply(cc) {
-                    membership = next;
-                }
-            }
-        }
+        // Membership starts at the snapshot's; the committed changes after it are applied
+        // exactly once, by `apply_committed` at the end of construction, before any election.
+        let membership = snapshot.meta.membership.clone();
         let hs = recovered.hard_state;
         let mut raft = Raft {
             rng: ChaCha8Rng::seed_from_u64(rng_seed),
@@ -374,6 +370,7 @@ impl Raft {
             heartbeat_deadline: Instant::MAX,
             check_quorum_deadline: Instant::MAX,
             last_leader_contact: None,
+            vote_fence_until: Instant::ZERO,
             transfer: None,
             lease_revoked: false,
             pending_conf_index: LogIndex(0),
@@ -390,6 +387,9 @@ impl Raft {
             now,
             cfg,
         };
+        if raft.cfg.lease_duration().is_some() {
+            raft.vote_fence_until = now.saturating_add(raft.cfg.election_timeout_min);
+        }
         // Applied restarts at the snapshot: the host's state machine is rebuilt from it.
         raft.log.applied = raft.log.snapshot_index();
         if raft.snapshot.meta.index > LogIndex(0) {
@@ -551,6 +551,7 @@ impl Raft {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         let now = self.now;
+        self.expire_forwarded_reads(now);
         if self.role == Role::Leader {
             self.leader_tick(now);
         } else if now >= self.election_deadline {
@@ -704,7 +705,7 @@ impl Raft {
                 }
                 earliest(t, self.transfer.map(|tr| tr.deadline))
             }
-            _ => Some(self.election_deadline),
+            _ => earliest(Some(self.election_deadline), self.forwarded_reads.front().map(|(_, t)| *t)),
         }
     }
 
@@ -729,7 +730,9 @@ impl Raft {
                     assert!(pr.matched <= self.log.last_index(), "{id} matched past the last index");
                     assert!(pr.next > pr.matched, "{id} next {} not after match {}", pr.next, pr.matched);
                     assert!(pr.inflights.len() <= self.cfg.inflight_msgs_max, "{id} inflight window overflow");
-                    let bytes_bound = self.cfg.inflight_bytes_max.saturating_add(self.cfg.append_bytes_max);
+                    // One message over the window: up to append_bytes_max, or one entry if larger.
+                    let message_max = self.cfg.append_bytes_max.max(self.cfg.entry_bytes_max);
+                    let bytes_bound = self.cfg.inflight_bytes_max.saturating_add(message_max);
                     assert!(pr.inflights.bytes() <= bytes_bound, "{id} inflight bytes overflow");
                 }
                 if let Some(me) = self.progress.get(&self.cfg.id) {
@@ -847,10 +850,16 @@ impl Raft {
             self.snapshot_wanted_at = applied;
             self.event(Event::SnapshotWanted { applied });
         }
+        self.maybe_auto_leave();
+    }
+
+    /// Proposes leaving a joint membership once it is applied, unless a transfer is pending
+    /// (it is retried when the transfer ends).
+    fn maybe_auto_leave(&mut self) {
         if self.role == Role::Leader
             && self.membership.is_joint()
             && self.membership.auto_leave
-            && self.pending_conf_index <= applied
+            && self.pending_conf_index <= self.log.applied
             && self.transfer.is_none()
         {
             let entry = Entry {

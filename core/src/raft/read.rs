@@ -37,7 +37,8 @@ impl Raft {
             Role::Leader => self.leader_read(ReadOrigin::Local(id)),
             _ => match self.leader {
                 Some(leader) if self.forwarded_reads.len() < self.cfg.reads_pending_max => {
-                    self.forwarded_reads.push_back(id);
+                    let deadline = self.now.saturating_add(self.cfg.election_timeout_min);
+                    self.forwarded_reads.push_back((id, deadline));
                     self.send(leader, MessageBody::ReadIndex { id });
                     Ok(())
                 }
@@ -131,7 +132,7 @@ impl Raft {
     }
 
     pub(super) fn on_read_index_response(&mut self, from: NodeId, id: u64, index: Option<LogIndex>) {
-        let Some(pos) = self.forwarded_reads.iter().position(|x| *x == id) else {
+        let Some(pos) = self.forwarded_reads.iter().position(|(x, _)| *x == id) else {
             self.stats.dropped_unknown_sender += 1;
             return;
         };

@@ -329,6 +329,13 @@ impl Raft {
         let window = chunk.saturating_mul(self.cfg.snapshot_chunks_inflight_max);
         let size = self.snapshot.data.len() as u64;
         let ctx = self.now.as_nanos();
+        let current = self.snapshot.meta.index;
+        if let Some(pr) = self.progress.get_mut(&to) {
+            // The leader took a newer snapshot mid-transfer: send that one from the start.
+            if pr.snapshot.is_some_and(|s| s.index != current) {
+                pr.become_snapshot(current);
+            }
+        }
         loop {
             let Some(pr) = self.progress.get_mut(&to) else { return };
             let Some(s) = pr.snapshot.as_mut() else { return };

@@ -815,3 +815,158 @@ fn a_response_claiming_an_index_beyond_the_log_is_ignored() {
     assert!(c.node(N1).committed() < LogIndex(999));
     assert_eq!(c.node(N1).stats().dropped_invalid, 1);
 }
+
+// ----- regressions from review -----
+
+fn ids(v: &[u64]) -> Vec<NodeId> {
+    v.iter().map(|&x| NodeId(x)).collect()
+}
+
+fn propose_cc(c: &mut Cluster, leader: NodeId, changes: Vec<ConfChangeItem>, transition: ConfTransition) {
+    let now = c.now;
+    c.node_mut(leader).propose_conf_change(now, ConfChange { changes, transition }).unwrap();
+    c.drain(leader);
+    c.deliver_all();
+    c.heartbeat();
+}
+
+#[test]
+fn recovery_applies_each_committed_membership_change_once() {
+    let mut c = Cluster::with_membership(
+        &ids(&[1, 2, 3, 4, 5, 6, 7]),
+        Membership::with_voters(ids(&[1, 2, 3])),
+        Cluster::test_config,
+    );
+    c.elect(N1);
+    propose_cc(&mut c, N1, vec![ConfChangeItem::AddVoter(N4), ConfChangeItem::AddVoter(N5)], ConfTransition::Auto);
+    assert_eq!(c.node(N1).membership().voters, ids(&[1, 2, 3, 4, 5]));
+    let joint = ConfTransition::Joint { auto_leave: false };
+    propose_cc(&mut c, N1, vec![ConfChangeItem::AddVoter(NodeId(6)), ConfChangeItem::AddVoter(NodeId(7))], joint);
+    let before = c.node(N2).membership().clone();
+    assert!(before.is_joint());
+    c.crash(N2);
+    c.start(N2);
+    assert_eq!(c.node(N2).membership(), &before, "a restart must not replay membership changes twice");
+}
+
+#[test]
+fn a_newer_snapshot_mid_transfer_replaces_the_one_being_sent() {
+    fn chunks(id: NodeId) -> Config {
+        let mut cfg = Cluster::test_config(id);
+        cfg.snapshot_chunk_bytes = 10;
+        cfg.snapshot_chunks_inflight_max = 2;
+        cfg
+    }
+    let mut c = Cluster::new(3, chunks);
+    c.elect(N1);
+    c.isolate(N3);
+    for _ in 0..5 {
+        c.propose(N1, "a").unwrap();
+    }
+    let (now, applied) = (c.now, c.node(N1).applied());
+    c.node_mut(N1).handle_snapshot(now, applied, Bytes::from(vec![1u8; 100])).unwrap();
+    c.drain(N1);
+    c.heal();
+    c.fire_timer(N1);
+    for _ in 0..6 {
+        c.deliver_one();
+    }
+    c.queue.clear();
+    for _ in 0..3 {
+        c.propose(N1, "b").unwrap();
+    }
+    let (now, applied) = (c.now, c.node(N1).applied());
+    c.node_mut(N1).handle_snapshot(now, applied, Bytes::from(vec![2u8; 100])).unwrap();
+    c.drain(N1);
+    c.run_for(Duration::from_secs(5));
+    assert_eq!(c.node(N3).committed(), c.node(N1).committed(), "the follower caught up from the newer snapshot");
+}
+
+#[test]
+fn a_lost_forwarded_read_fails_after_a_timeout() {
+    fn few_reads(id: NodeId) -> Config {
+        let mut cfg = Cluster::test_config(id);
+        cfg.reads_pending_max = 2;
+        cfg
+    }
+    let mut c = Cluster::new(3, few_reads);
+    c.elect(N1);
+    for id in [1u64, 2] {
+        let now = c.now;
+        c.node_mut(N2).read_index(now, id).unwrap();
+        c.drain(N2);
+        c.drop_where(|m| matches!(m.message.body, MessageBody::ReadIndex { .. }));
+    }
+    c.run_for(Duration::from_secs(1));
+    assert_eq!(read_events(&c, N2), vec![Event::ReadFailed { id: 1 }, Event::ReadFailed { id: 2 }]);
+    let now = c.now;
+    assert!(c.node_mut(N2).read_index(now, 3).is_ok(), "the follower is not wedged");
+}
+
+#[test]
+fn a_restarted_follower_keeps_the_lease_promise_it_no_longer_remembers() {
+    fn lease(id: NodeId) -> Config {
+        let mut cfg = Cluster::test_config(id);
+        cfg.read_mode = ReadMode::Lease { clock_drift_max_ppm: 0 };
+        cfg
+    }
+    let mut c = Cluster::new(3, lease);
+    c.elect(N1);
+    c.propose(N1, "x").unwrap();
+    c.cut.insert((N1, N3));
+    c.cut.insert((N3, N1));
+    let d3 = c.node(N3).poll_timeout().unwrap();
+    while c.node(N1).poll_timeout().unwrap() < d3 {
+        c.fire_timer(N1);
+        c.deliver_all();
+    }
+    // n2 restarts at once: it forgets that it just heard from n1, whose lease still holds.
+    c.crash(N2);
+    c.start(N2);
+    c.cut.insert((N1, N2));
+    c.cut.insert((N2, N1));
+    c.now = c.now.max(d3);
+    let now = c.now;
+    c.node_mut(N3).handle_timeout(now);
+    c.drain(N3);
+    c.deliver_all();
+    assert_ne!(c.node(N3).role(), Role::Leader, "n2 must not vote while n1's lease may still hold");
+    let now = c.now;
+    c.node_mut(N1).read_index(now, 99).unwrap();
+    c.drain(N1);
+    assert!(read_events(&c, N1).iter().all(|e| matches!(e, Event::ReadReady { .. })), "n1's lease read is still safe");
+}
+
+#[test]
+fn auto_leave_happens_after_a_transfer_aborts() {
+    let mut c = Cluster::with_membership(
+        &ids(&[1, 2, 3, 4, 5]),
+        Membership::with_voters(ids(&[1, 2, 3])),
+        Cluster::test_config,
+    );
+    c.elect(N1);
+    let now = c.now;
+    let cc = ConfChange {
+        changes: vec![ConfChangeItem::AddVoter(N4), ConfChangeItem::AddVoter(N5)],
+        transition: ConfTransition::Auto,
+    };
+    c.node_mut(N1).propose_conf_change(now, cc).unwrap();
+    c.drain(N1);
+    c.cut.insert((N1, N2));
+    c.cut.insert((N2, N1));
+    c.node_mut(N1).transfer_leader(now, N2).unwrap();
+    c.drain(N1);
+    c.deliver_all();
+    c.run_for(Duration::from_secs(2));
+    let leader = c.leader().unwrap();
+    assert!(!c.node(leader).membership().is_joint(), "the joint membership was left after the transfer aborted");
+}
+
+#[test]
+fn a_message_with_an_absurd_term_is_dropped() {
+    let mut c = three();
+    let now = c.now;
+    c.node_mut(N2).handle_message(now, N3, msg(u64::MAX, MessageBody::Heartbeat { commit: LogIndex(0), ctx: 0 }));
+    assert_eq!(c.node(N2).term(), Term(1));
+    assert_eq!(c.node(N2).stats().dropped_invalid, 1);
+}
