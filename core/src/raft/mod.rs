@@ -830,6 +830,7 @@ impl Raft {
         }
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
         // Membership changes take effect as they are applied, in log order.
+        let membership_changed = !changes.is_empty();
         for (index, cc) in changes {
             match self.membership.apply(&cc) {
                 Ok(next) => self.set_membership(index, next),
@@ -838,6 +839,11 @@ impl Raft {
         }
         self.actions.push_back(Action::ApplyEntries { first_index, last_index });
         self.after_apply();
+        // A smaller quorum may already hold later entries: count again rather than wait for
+        // the next acknowledgement.
+        if membership_changed && self.role == Role::Leader && self.maybe_commit() {
+            self.broadcast_append(replication::Empty::CommitOnly);
+        }
     }
 
     fn after_apply(&mut self) {

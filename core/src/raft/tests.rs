@@ -970,3 +970,35 @@ fn a_message_with_an_absurd_term_is_dropped() {
     assert_eq!(c.node(N2).term(), Term(1));
     assert_eq!(c.node(N2).stats().dropped_invalid, 1);
 }
+
+#[test]
+fn a_leader_commits_at_once_what_a_shrunken_quorum_already_holds() {
+    let mut c = Cluster::new(4, no_prevote);
+    c.elect(N1);
+    let now = c.now;
+    // Remove n4 (quorum 3 of 4 -> 2 of 3) and, right behind it, propose y.
+    let cc_index = c.node_mut(N1).propose_conf_change(now, ConfChange::single(ConfChangeItem::RemoveNode(N4))).unwrap();
+    c.drain(N1);
+    let y = c.node_mut(N1).propose(now, Bytes::from_static(b"y")).unwrap();
+    c.drain(N1);
+    // n4 never answers; n3 acknowledges only the removal; n2 acknowledges everything first.
+    c.drop_where(|m: &InFlight| m.to == N4 || m.from == N4);
+    let to_n3: Vec<InFlight> = c.queue.iter().filter(|m| m.to == N3).cloned().collect();
+    c.drop_where(|m: &InFlight| m.to == N3);
+    c.deliver_all();
+    assert!(c.node(N1).committed() < cc_index, "2 of 4 is not a quorum");
+    // n3 gets only the removal (by hand; n1 -> n3 stays cut) and its acknowledgement returns.
+    c.cut.insert((N1, N3));
+    let removal = to_n3.into_iter().find(|m| match &m.message.body {
+        MessageBody::AppendEntries { entries, .. } => entries.iter().any(|e| e.index == cc_index),
+        _ => false,
+    });
+    let removal = removal.expect("the removal was sent to n3");
+    let now = c.now;
+    c.node_mut(N3).handle_message(now, N1, removal.message);
+    c.drain(N3);
+    c.deliver_all();
+    let r = c.node(N1);
+    assert!(!r.membership().is_voter(N4), "the removal committed and applied");
+    assert!(r.committed() >= y, "y, held by n1 and n2, is committed under the new quorum at once");
+}
