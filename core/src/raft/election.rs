@@ -192,7 +192,8 @@ impl Raft {
         self.progress.clear();
         let next = self.log.last_index().next();
         for id in self.membership.members() {
-            self.progress.insert(id, Progress::new(next, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
+            let (msgs, bytes) = (self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
+            self.progress.get_or_insert_with(id, || Progress::new(next, msgs, bytes));
         }
         let persisted = self.log.persisted;
         if let Some(me) = self.progress.get_mut(&self.cfg.id) {

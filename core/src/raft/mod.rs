@@ -57,7 +57,7 @@ pub use progress::ProgressState;
 use crate::time::{earliest, Instant};
 use crate::{Machine, NodeId};
 use log::RaftLog;
-use progress::Progress;
+use progress::{Progress, ProgressMap};
 use read::{PendingRead, ReadOrigin};
 
 /// A node's role in its current term.
@@ -293,7 +293,7 @@ pub struct Raft {
     membership: Membership,
     /// The latest snapshot, kept to send to followers that fell behind the log.
     snapshot: Snapshot,
-    progress: BTreeMap<NodeId, Progress>,
+    progress: ProgressMap,
     votes: BTreeMap<NodeId, bool>,
     actions: VecDeque<Action>,
     last_hard_state: HardState,
@@ -361,7 +361,7 @@ impl Raft {
             log,
             membership,
             snapshot,
-            progress: BTreeMap::new(),
+            progress: ProgressMap::default(),
             votes: BTreeMap::new(),
             actions: VecDeque::new(),
             last_hard_state: HardState { term: hs.term, vote: hs.vote, commit: hs.commit },
@@ -726,7 +726,7 @@ impl Raft {
                     "progress tracks {:?} but members are {members:?}",
                     self.progress.keys().collect::<Vec<_>>()
                 );
-                for (id, pr) in &self.progress {
+                for (id, pr) in self.progress.iter() {
                     assert!(pr.matched <= self.log.last_index(), "{id} matched past the last index");
                     assert!(pr.next > pr.matched, "{id} next {} not after match {}", pr.next, pr.matched);
                     assert!(pr.inflights.len() <= self.cfg.inflight_msgs_max, "{id} inflight window overflow");
@@ -885,11 +885,11 @@ impl Raft {
             return;
         }
         let members = self.membership.members();
-        self.progress.retain(|id, _| members.binary_search(id).is_ok());
+        self.progress.retain(|id| members.binary_search(id).is_ok());
         let next_index = self.log.last_index().next();
         for id in members {
             let (msgs, bytes) = (self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max);
-            self.progress.entry(id).or_insert_with(|| Progress::new(next_index, msgs, bytes));
+            self.progress.get_or_insert_with(id, || Progress::new(next_index, msgs, bytes));
         }
         if let Some(tr) = self.transfer {
             if !self.membership.is_voter(tr.target) {

@@ -9,6 +9,7 @@
 //!   snapshot chunks and sends no appends until the follower reports the snapshot installed.
 
 use super::message::LogIndex;
+use crate::NodeId;
 
 /// The replication state of one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,9 +200,78 @@ impl Progress {
     }
 }
 
+/// Progress of every member, kept sorted by id in a small vector: clusters have a handful of
+/// members, so a linear scan beats a tree on every lookup of the hot path.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ProgressMap {
+    entries: alloc::vec::Vec<(NodeId, Progress)>,
+}
+
+impl ProgressMap {
+    pub fn get(&self, id: &NodeId) -> Option<&Progress> {
+        self.entries.iter().find(|(k, _)| k == id).map(|(_, p)| p)
+    }
+
+    pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Progress> {
+        self.entries.iter_mut().find(|(k, _)| k == id).map(|(_, p)| p)
+    }
+
+    pub fn contains_key(&self, id: &NodeId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Inserts `id` (keeping ids sorted) unless present.
+    pub fn get_or_insert_with(&mut self, id: NodeId, make: impl FnOnce() -> Progress) -> &mut Progress {
+        let pos = match self.entries.binary_search_by_key(&id, |(k, _)| *k) {
+            Ok(pos) => pos,
+            Err(pos) => {
+                self.entries.insert(pos, (id, make()));
+                pos
+            }
+        };
+        &mut self.entries[pos].1
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
+        self.entries.retain(|(id, _)| keep(id));
+    }
+
+    /// Ids in ascending order.
+    pub fn keys(&self) -> impl Iterator<Item = &NodeId> + '_ {
+        self.entries.iter().map(|(id, _)| id)
+    }
+
+    /// `(id, progress)` in ascending id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Progress)> + '_ {
+        self.entries.iter().map(|(id, p)| (id, p))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_map_keeps_ids_sorted_and_unique() {
+        let mut m = ProgressMap::default();
+        for id in [5, 1, 3, 1] {
+            m.get_or_insert_with(NodeId(id), || Progress::new(LogIndex(id), 4, 100));
+        }
+        assert_eq!(m.keys().map(|k| k.0).collect::<alloc::vec::Vec<_>>(), [1, 3, 5]);
+        assert_eq!(m.get(&NodeId(1)).map(|p| p.next), Some(LogIndex(1)), "first insert wins");
+        m.retain(|id| id.0 != 3);
+        assert!(!m.contains_key(&NodeId(3)) && m.contains_key(&NodeId(5)));
+        m.clear();
+        assert!(m.is_empty());
+    }
 
     #[test]
     fn inflights_bound_messages_and_bytes() {
