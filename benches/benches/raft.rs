@@ -329,31 +329,58 @@ impl QuorateCluster {
     }
 }
 
-/// Builds a Quorate cluster and checks that the harness really commits and reads.
-fn checked_quorate() -> QuorateCluster {
-    let mut c = QuorateCluster::new();
-    assert_eq!(c.leader_id(), 1, "node 1 must lead after setup");
-    let payload = vec![7u8; PAYLOAD];
-    let before = c.applied();
-    c.propose_one(&payload);
-    assert_eq!(c.applied(), before + 1, "one proposal must apply one entry");
-    for n in BATCHES {
-        let batch = vec![payload.clone(); n];
-        let (before, bytes) = (c.applied(), c.applied_bytes());
-        c.propose_batch(&batch);
-        assert_eq!(c.applied(), before + n as u64, "batch must apply n entries");
-        assert_eq!(c.applied_bytes(), bytes + (n * PAYLOAD) as u64);
-    }
-    let (before, last) = (c.applied(), c.last_index());
-    c.read_index_one();
-    assert_eq!(c.applied(), before, "a read must not apply entries");
-    assert_eq!(c.last_index(), last, "a read must not append entries");
-    c
+/// What the sanity check needs from either peer's harness.
+trait Harness {
+    /// The leader's id.
+    fn leader_id(&self) -> u64;
+    /// The leader's applied index.
+    fn applied(&self) -> u64;
+    /// Command payload bytes applied on the leader.
+    fn applied_bytes(&self) -> u64;
+    /// Entries in the leader's in-memory log.
+    fn leader_log_len(&self) -> u64;
+    /// One proposal, driven until applied on the leader.
+    fn propose_one(&mut self, payload: &[u8]);
+    /// One batch, driven until applied on the leader.
+    fn propose_batch(&mut self, payloads: &[Vec<u8>]);
+    /// One ReadIndex read, driven until served.
+    fn read_index_one(&mut self);
 }
 
-/// Builds a raft-rs cluster and checks that the harness really commits and reads.
-fn checked_raftrs() -> RaftRsCluster {
-    let mut c = RaftRsCluster::new();
+/// Implements [`Harness`] by forwarding to the type's inherent methods of the same names.
+macro_rules! harness {
+    ($t:ty) => {
+        impl Harness for $t {
+            fn leader_id(&self) -> u64 {
+                <$t>::leader_id(self)
+            }
+            fn applied(&self) -> u64 {
+                <$t>::applied(self)
+            }
+            fn applied_bytes(&self) -> u64 {
+                <$t>::applied_bytes(self)
+            }
+            fn leader_log_len(&self) -> u64 {
+                <$t>::leader_log_len(self)
+            }
+            fn propose_one(&mut self, payload: &[u8]) {
+                <$t>::propose_one(self, payload)
+            }
+            fn propose_batch(&mut self, payloads: &[Vec<u8>]) {
+                <$t>::propose_batch(self, payloads)
+            }
+            fn read_index_one(&mut self) {
+                <$t>::read_index_one(self)
+            }
+        }
+    };
+}
+
+harness!(QuorateCluster);
+harness!(RaftRsCluster);
+
+/// Checks that a harness really commits and reads, so a benchmark cannot measure nothing.
+fn checked<H: Harness>(mut c: H) -> H {
     assert_eq!(c.leader_id(), 1, "node 1 must lead after setup");
     let payload = vec![7u8; PAYLOAD];
     let before = c.applied();
@@ -371,6 +398,16 @@ fn checked_raftrs() -> RaftRsCluster {
     assert_eq!(c.applied(), before, "a read must not apply entries");
     assert_eq!(c.leader_log_len(), len, "a read must not append entries");
     c
+}
+
+/// A Quorate cluster that passed the sanity check.
+fn checked_quorate() -> QuorateCluster {
+    checked(QuorateCluster::new())
+}
+
+/// A raft-rs cluster that passed the sanity check.
+fn checked_raftrs() -> RaftRsCluster {
+    checked(RaftRsCluster::new())
 }
 
 /// Checks that long runs stay bounded on both sides: logs compact, no snapshot is sent.
