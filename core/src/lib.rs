@@ -69,6 +69,7 @@ extern crate std;
 
 pub mod machine;
 pub mod raft;
+pub mod swim;
 pub mod time;
 mod types;
 pub mod wire;

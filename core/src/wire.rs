@@ -17,7 +17,7 @@ pub const MAGIC: [u8; 2] = *b"QR";
 /// The protocol version this build speaks. Bumped explicitly on any incompatible change.
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Bytes before the postcard body.
-const HEADER_BYTES: usize = 3;
+pub const HEADER_BYTES: usize = 3;
 
 /// A decoded datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,3 +24,5 @@ pub mod kv;
 pub mod linearizability;
 pub mod net;
 pub mod raft_sim;
+pub mod swim_cli;
+pub mod swim_sim;

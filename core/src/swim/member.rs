@@ -1,0 +1,228 @@
+//! Members, their metadata, and the precedence rule that merges what is heard about them.
+//!
+//! # Precedence
+//! Every claim about a member names its **generation** (one per life of the process: a restart
+//! or a renewal after being declared down starts a new one) and its **incarnation** (bumped by
+//! the member itself to refute a suspicion or publish new metadata). A claim replaces what is
+//! known when it is greater in this total order:
+//! 1. a higher generation wins, whatever the states;
+//! 2. within one generation, `Left` beats everything, then `Down` beats `Alive` and `Suspect`
+//!    at any incarnation: both are final for that generation, so a stale `Alive` can never
+//!    resurrect a dead life (no zombies); between two `Down`s or two `Left`s the higher
+//!    incarnation wins (only to keep the order total);
+//! 3. between `Alive` and `Suspect` of one generation, the higher incarnation wins, and at equal
+//!    incarnations `Suspect` beats `Alive`.
+//!
+//! Because the order is total and merging keeps the greater claim, any order of delivery of the
+//! same claims ends in the same view. One exception keeps that true: a live claim that carries no
+//! address (`Suspect`) about a member known only from a tombstone without one is ignored, since
+//! nobody could probe it; its own `Alive` brings it back.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use core::cmp::Ordering;
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::NodeId;
+
+/// A member's transport address (IPv4 or IPv6 socket address).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Addr(pub SocketAddr);
+
+impl Addr {
+    /// An IPv4 address from its four octets and a port.
+    pub const fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> Addr {
+        Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), port))
+    }
+
+    /// `0.0.0.0:0`, used where an address is not known.
+    pub const UNSPECIFIED: Addr = Addr::v4(0, 0, 0, 0, 0);
+}
+
+impl fmt::Debug for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<SocketAddr> for Addr {
+    fn from(a: SocketAddr) -> Self {
+        Addr(a)
+    }
+}
+
+impl From<Addr> for SocketAddr {
+    fn from(a: Addr) -> Self {
+        a.0
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+enum AddrRepr {
+    V4([u8; 4], u16),
+    V6([u8; 16], u16),
+}
+
+impl Serialize for Addr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.ip() {
+            IpAddr::V4(ip) => AddrRepr::V4(ip.octets(), self.0.port()),
+            IpAddr::V6(ip) => AddrRepr::V6(ip.octets(), self.0.port()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Addr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match AddrRepr::deserialize(d)? {
+            AddrRepr::V4(o, port) => Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port)),
+            AddrRepr::V6(o, port) => Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port)),
+        })
+    }
+}
+
+/// What a member publishes about itself: placement labels, capacity, other endpoints, tags.
+///
+/// A member changes it with [`Swim::set_meta`](super::Swim::set_meta), which bumps its
+/// incarnation, so one `(generation, incarnation)` always names one metadata value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Region label (failure domain, widest).
+    pub region: String,
+    /// Zone label.
+    pub zone: String,
+    /// Rack label (failure domain, narrowest).
+    pub rack: String,
+    /// Relative capacity for placement; 0 means "do not place data here".
+    pub weight: u32,
+    /// Other endpoints by name (for example `"raft"`, `"client"`).
+    pub addrs: BTreeMap<String, Addr>,
+    /// Free-form labels.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// A member's liveness as this node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum State {
+    /// Answering probes, or not yet suspected.
+    Alive,
+    /// Missed a probe round; declared down when its suspicion timer runs out unless it refutes.
+    Suspect,
+    /// Declared failed. Final for this generation.
+    Down,
+    /// Left gracefully. Final for this generation.
+    Left,
+}
+
+impl State {
+    /// True for `Down` and `Left`, the states kept only as tombstones.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Down | State::Left)
+    }
+}
+
+/// The version of a claim about a member: its generation, incarnation and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// One per life of the member's process.
+    pub gen: u64,
+    /// Bumped by the member to refute a suspicion or to publish new metadata.
+    pub inc: u64,
+    /// The claimed state.
+    pub state: State,
+}
+
+impl Version {
+    /// Largest generation or incarnation accepted from the network, so a bump never overflows.
+    pub const MAX_VALID: u64 = 1 << 62;
+
+    /// Compares two claims under the precedence rule of this module.
+    pub fn precedence(&self, other: &Version) -> Ordering {
+        self.gen.cmp(&other.gen).then_with(|| {
+            let rank = |v: &Version| match v.state {
+                State::Left => (2, v.inc, 0),
+                State::Down => (1, v.inc, 0),
+                State::Suspect => (0, v.inc, 1),
+                State::Alive => (0, v.inc, 0),
+            };
+            rank(self).cmp(&rank(other))
+        })
+    }
+
+    /// True if this claim replaces `current`.
+    pub fn supersedes(&self, current: &Version) -> bool {
+        self.precedence(current) == Ordering::Greater
+    }
+}
+
+/// Everything known about one member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's id.
+    pub id: NodeId,
+    /// Where its SWIM traffic goes.
+    pub addr: Addr,
+    /// The latest claim about it.
+    pub version: Version,
+    /// What it published about itself.
+    pub meta: Meta,
+}
+
+impl Member {
+    /// The member's state.
+    pub fn state(&self) -> State {
+        self.version.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(gen: u64, inc: u64, state: State) -> Version {
+        Version { gen, inc, state }
+    }
+
+    #[test]
+    fn newer_generation_beats_any_state() {
+        assert!(v(2, 0, State::Alive).supersedes(&v(1, 9, State::Left)));
+        assert!(!v(1, 9, State::Left).supersedes(&v(2, 0, State::Alive)));
+    }
+
+    #[test]
+    fn down_and_left_are_final_within_a_generation() {
+        assert!(v(1, 0, State::Down).supersedes(&v(1, 7, State::Alive)));
+        assert!(!v(1, 8, State::Alive).supersedes(&v(1, 0, State::Down)));
+        assert!(!v(1, 8, State::Suspect).supersedes(&v(1, 0, State::Down)));
+        assert!(v(1, 0, State::Left).supersedes(&v(1, 3, State::Down)));
+        assert!(!v(1, 9, State::Down).supersedes(&v(1, 0, State::Left)));
+    }
+
+    #[test]
+    fn suspect_beats_alive_at_equal_incarnation_and_loses_to_a_higher_one() {
+        assert!(v(1, 3, State::Suspect).supersedes(&v(1, 3, State::Alive)));
+        assert!(!v(1, 3, State::Alive).supersedes(&v(1, 3, State::Suspect)));
+        assert!(v(1, 4, State::Alive).supersedes(&v(1, 3, State::Suspect)));
+        assert!(!v(1, 2, State::Suspect).supersedes(&v(1, 3, State::Alive)));
+    }
+
+    #[test]
+    fn addr_round_trips_both_families() {
+        let v4 = Addr::v4(10, 0, 0, 1, 7946);
+        let v6 = Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 9));
+        for a in [v4, v6] {
+            let bytes = postcard::to_allocvec(&a).unwrap();
+            assert_eq!(postcard::from_bytes::<Addr>(&bytes).unwrap(), a);
+        }
+        assert_eq!(postcard::to_allocvec(&v4).unwrap().len(), 1 + 4 + 2, "tag, octets, varint port");
+    }
+}

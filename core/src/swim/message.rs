@@ -1,0 +1,197 @@
+//! SWIM packets: one datagram each, inside the [`wire`](crate::wire) envelope.
+
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use super::member::{Addr, Member, Meta, State, Version};
+use crate::{fnv1a64, NodeId};
+
+/// A gossip update: one claim about one member, piggybacked on any packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// The member is alive at this incarnation, with this address and metadata.
+    Alive {
+        /// The member.
+        id: NodeId,
+        /// Its generation.
+        gen: u64,
+        /// Its incarnation.
+        inc: u64,
+        /// Its SWIM address.
+        addr: Addr,
+        /// Its metadata.
+        meta: Meta,
+    },
+    /// `by` suspects the member at this incarnation.
+    Suspect {
+        /// The member.
+        id: NodeId,
+        /// Its generation.
+        gen: u64,
+        /// Its incarnation.
+        inc: u64,
+        /// Who suspects it (each distinct suspecter confirms the suspicion).
+        by: NodeId,
+    },
+    /// The member was declared down.
+    Down {
+        /// The member.
+        id: NodeId,
+        /// Its generation.
+        gen: u64,
+        /// Its incarnation.
+        inc: u64,
+    },
+    /// The member left gracefully.
+    Left {
+        /// The member.
+        id: NodeId,
+        /// Its generation.
+        gen: u64,
+        /// Its incarnation.
+        inc: u64,
+    },
+}
+
+impl Update {
+    /// The member the update is about.
+    pub fn id(&self) -> NodeId {
+        match self {
+            Update::Alive { id, .. }
+            | Update::Suspect { id, .. }
+            | Update::Down { id, .. }
+            | Update::Left { id, .. } => *id,
+        }
+    }
+
+    /// The claim's version.
+    pub fn version(&self) -> Version {
+        let (gen, inc, state) = match self {
+            Update::Alive { gen, inc, .. } => (*gen, *inc, State::Alive),
+            Update::Suspect { gen, inc, .. } => (*gen, *inc, State::Suspect),
+            Update::Down { gen, inc, .. } => (*gen, *inc, State::Down),
+            Update::Left { gen, inc, .. } => (*gen, *inc, State::Left),
+        };
+        Version { gen, inc, state }
+    }
+
+    /// The update that states what `m` records.
+    pub fn of(m: &Member, by: NodeId) -> Update {
+        let (id, gen, inc) = (m.id, m.version.gen, m.version.inc);
+        match m.version.state {
+            State::Alive => Update::Alive { id, gen, inc, addr: m.addr, meta: m.meta.clone() },
+            State::Suspect => Update::Suspect { id, gen, inc, by },
+            State::Down => Update::Down { id, gen, inc },
+            State::Left => Update::Left { id, gen, inc },
+        }
+    }
+}
+
+/// A compact fingerprint of a view: how many members are alive or suspect, and a hash of their
+/// ids, generations and incarnations. Two members whose digests keep differing exchange full
+/// state, which repairs whatever gossip failed to deliver (a lost refutation, say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Alive and suspect members, this one included.
+    pub live: u32,
+    /// XOR over those members of a hash of `(id, generation, incarnation)`.
+    pub hash: u32,
+}
+
+impl Digest {
+    /// The digest of a view whose live members (this one included) are `(id, gen, inc)`.
+    pub fn of(live: impl IntoIterator<Item = (NodeId, u64, u64)>) -> Digest {
+        live.into_iter().fold(Digest::default(), |d, (id, gen, inc)| Digest {
+            live: d.live.saturating_add(1),
+            hash: d.hash ^ member_hash(id, gen, inc),
+        })
+    }
+}
+
+/// The hash a live member contributes to a [`Digest`]: FNV-1a of `id`, `gen` and `inc`, folded
+/// to 32 bits.
+pub fn member_hash(id: NodeId, gen: u64, inc: u64) -> u32 {
+    let mut buf = [0u8; 24];
+    buf[..8].copy_from_slice(&id.0.to_le_bytes());
+    buf[8..16].copy_from_slice(&gen.to_le_bytes());
+    buf[16..].copy_from_slice(&inc.to_le_bytes());
+    let h = fnv1a64(&buf);
+    (h ^ (h >> 32)) as u32
+}
+
+/// What a packet asks or answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A direct probe; answered by `Ack` with the same `seq`.
+    Ping {
+        /// Matches the answer to the probe.
+        seq: u32,
+        /// The member the prober thinks it is probing.
+        target: NodeId,
+    },
+    /// The answer to a `Ping`, possibly forwarded by an indirect prober.
+    Ack {
+        /// The probe answered.
+        seq: u32,
+    },
+    /// Asks the receiver to probe `target` and forward its ack (Lifeguard: or send a nack).
+    PingReq {
+        /// The requester's probe.
+        seq: u32,
+        /// The member to probe.
+        target: NodeId,
+        /// Where it listens.
+        addr: Addr,
+    },
+    /// An indirect prober did not hear from the target in time (Lifeguard).
+    Nack {
+        /// The requester's probe.
+        seq: u32,
+    },
+    /// One chunk of a full-state exchange. A request is answered with the responder's state.
+    PushPull {
+        /// Identifies the exchange.
+        seq: u32,
+        /// True for the answer, false for the request.
+        reply: bool,
+        /// True when the requester is joining.
+        join: bool,
+        /// This chunk's number.
+        part: u16,
+        /// How many chunks the exchange has.
+        parts: u16,
+        /// Members in this chunk; each stands alone, so lost chunks lose only their members.
+        members: Vec<Member>,
+    },
+    /// Gossip only.
+    Gossip,
+}
+
+/// One SWIM datagram's body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packet {
+    /// The sender's generation.
+    pub gen: u64,
+    /// The sender's view digest.
+    pub digest: Digest,
+    /// The request or answer.
+    pub body: Body,
+    /// Piggybacked updates, newest first.
+    pub gossip: Vec<Update>,
+}
+
+impl Packet {
+    /// Checks what postcard cannot: counters in range and chunk numbers consistent.
+    pub fn validate(&self) -> bool {
+        let ok = |v: Version| v.gen <= Version::MAX_VALID && v.inc <= Version::MAX_VALID;
+        if self.gen > Version::MAX_VALID || !self.gossip.iter().all(|u| ok(u.version())) {
+            return false;
+        }
+        match &self.body {
+            Body::PushPull { part, parts, members, .. } => {
+                part < parts && members.iter().all(|m| ok(m.version) && m.id != NodeId::NONE)
+            }
+            _ => true,
+        }
+    }
+}

@@ -1,0 +1,1214 @@
+//! SWIM membership and failure detection, with the Lifeguard extensions.
+//!
+//! One [`Swim`] runs on every member. It probes one member per round in a shuffled
+//! round-robin order, asks `k` others to probe indirectly when the direct probe goes
+//! unanswered, suspects members that fail a round, and declares them down when the suspicion
+//! is not refuted in time. Updates ride piggybacked on every packet, and periodic full-state
+//! exchanges (push-pull) repair whatever gossip missed.
+//!
+//! Lifeguard:
+//! - **local health**: a score that rises when this member's own probes fail without the
+//!   expected nacks and when it is suspected itself, and falls on each answered probe; probe
+//!   interval and timeout scale by `1 + score`, so a slow member probes less eagerly;
+//! - **dynamic suspicion**: a suspicion starts long and shrinks with each independent
+//!   confirmation (from `max` to `min`, logarithmically);
+//! - **buddy system**: probing a suspect puts the suspicion first in the packet, so the
+//!   suspect hears it and refutes;
+//! - **nacks**: indirect probers answer "no answer" in time, so a requester can tell its own
+//!   trouble from the target's.
+//!
+//! The machine owns its encoding: [`Swim::handle_packet`] takes raw datagrams and
+//! [`Action::Send`] carries ready ones, so every packet, in or out, is checked against
+//! [`Config::packet_bytes_max`]. See [`member`] for the precedence rule that merges updates.
+//!
+//! ```
+//! use quorate_core::swim::{Action, Addr, Config, Swim};
+//! use quorate_core::{Instant, Machine, NodeId};
+//!
+//! /// Carries every packet `src` wants to send straight to `dst` (a perfect network).
+//! fn pump(src: &mut Swim, dst: &mut Swim, now: Instant) -> bool {
+//!     let mut moved = false;
+//!     while let Some(action) = src.poll_action() {
+//!         if let Action::Send { packet, .. } = action {
+//!             dst.handle_packet(now, src.addr(), &packet).expect("well-formed");
+//!             moved = true;
+//!         }
+//!     }
+//!     moved
+//! }
+//!
+//! let addr = |i| Addr::v4(10, 0, 0, i, 7946);
+//! let mut a = Swim::new(Config::lan(NodeId(1), 9, addr(1)), 1, 11, Instant::ZERO).unwrap();
+//! let mut cfg = Config::lan(NodeId(2), 9, addr(2));
+//! cfg.seeds = vec![addr(1)];
+//! let mut b = Swim::new(cfg, 1, 22, Instant::ZERO).unwrap();
+//! let mut now = Instant::ZERO;
+//! for _ in 0..200 {
+//!     while pump(&mut a, &mut b, now) | pump(&mut b, &mut a, now) {}
+//!     now = a.poll_timeout().into_iter().chain(b.poll_timeout()).min().unwrap().max(now);
+//!     a.handle_timeout(now);
+//!     b.handle_timeout(now);
+//! }
+//! assert_eq!(a.live_members(), 2);
+//! assert_eq!(b.live_members(), 2);
+//! ```
+
+mod config;
+mod gossip;
+pub mod member;
+pub mod message;
+#[cfg(test)]
+mod tests;
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use core::time::Duration;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use thiserror::Error;
+
+pub use config::{Config, ConfigError};
+use gossip::GossipQueue;
+pub use member::{Addr, Member, Meta, State, Version};
+pub use message::{member_hash, Body, Digest, Packet, Update};
+
+use crate::machine::Machine;
+use crate::time::{earliest, Instant};
+use crate::wire::{self, WireError};
+use crate::NodeId;
+
+/// What the host must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this datagram (already encoded, within the packet limit) to `to`.
+    Send {
+        /// Destination address.
+        to: Addr,
+        /// The datagram.
+        packet: Vec<u8>,
+    },
+    /// Something the host may want to know.
+    Event(Event),
+}
+
+/// Membership news.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A member became known alive: new, back after down or left, or a new generation.
+    Up(Member),
+    /// A member is suspected.
+    Suspect(NodeId),
+    /// A suspected member refuted the suspicion.
+    Alive(NodeId),
+    /// A member was declared down.
+    Down(NodeId),
+    /// A member left gracefully.
+    Left(NodeId),
+    /// A live member published new metadata or a new address.
+    Updated(Member),
+    /// A Down or Left member's tombstone was collected.
+    Forgotten(NodeId),
+    /// This member's own health score changed (0 is healthy, see [`Config::health_max`]).
+    Health(u32),
+    /// This member was declared down or left by others and renewed its identity.
+    Renewed {
+        /// The new generation.
+        gen: u64,
+    },
+    /// This member got its first full-state answer: it is part of the cluster.
+    Joined,
+    /// After [`Swim::leave`], the leave was gossiped enough; the host may stop.
+    LeaveDone,
+}
+
+/// Why a packet or a command was refused. A refused packet changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SwimError {
+    /// The datagram failed the envelope checks (size, magic, version, cluster, body).
+    #[error("rejected packet: {0}")]
+    Wire(#[from] WireError),
+    /// The datagram decoded but carries out-of-range counters or chunk numbers.
+    #[error("rejected packet: fields out of range")]
+    Invalid,
+    /// Metadata larger than [`Config::meta_bytes_max`].
+    #[error("metadata encodes to {len} bytes, over meta_bytes_max ({max})")]
+    MetaTooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// This member has left; it accepts no more commands.
+    #[error("this member has left the cluster")]
+    Left,
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams sent.
+    pub packets_sent: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Datagrams received, accepted or not.
+    pub packets_received: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Rejected: over the packet limit.
+    pub rejected_too_large: u64,
+    /// Rejected: another cluster.
+    pub rejected_cluster: u64,
+    /// Rejected: unknown protocol version or bad magic.
+    pub rejected_version: u64,
+    /// Rejected: malformed body or out-of-range fields.
+    pub rejected_malformed: u64,
+    /// Accepted but ignored (our own id, or after leaving).
+    pub ignored: u64,
+    /// Probe rounds started.
+    pub probes: u64,
+    /// Probe rounds that ended without an ack.
+    pub probe_failures: u64,
+    /// Suspicions about this member refuted.
+    pub refutations: u64,
+    /// Full-state exchanges started.
+    pub push_pulls: u64,
+}
+
+struct Probe {
+    target: NodeId,
+    seq: u32,
+    indirect_at: Instant,
+    indirect_sent: bool,
+    acked: bool,
+    direct_ack: bool,
+    nacks: u32,
+    expected_nacks: u32,
+}
+
+struct Indirect {
+    requester: Addr,
+    seq: u32,
+    nack_at: Instant,
+}
+
+struct Suspicion {
+    version: Version,
+    start: Instant,
+    confirmers: Vec<NodeId>,
+    deadline: Instant,
+}
+
+struct Known {
+    member: Member,
+    since: Instant,
+}
+
+/// Indirect probes this member runs for others at once; more are refused (flood bound).
+const INDIRECT_MAX: usize = 256;
+/// Push-pull requests remembered so a repeated chunk is not answered twice.
+const ANSWERED_MAX: usize = 64;
+/// Room left in every packet for the envelope and the gossip list's length.
+const GOSSIP_SLACK: usize = 4;
+
+/// One SWIM member. See the [module docs](self).
+pub struct Swim {
+    cfg: Config,
+    rng: ChaCha8Rng,
+    me: Member,
+    members: BTreeMap<NodeId, Known>,
+    live: usize,
+    digest_hash: u32,
+    probe_order: Vec<NodeId>,
+    probe_pos: usize,
+    probe: Option<Probe>,
+    next_probe: Instant,
+    seq: u32,
+    indirect: BTreeMap<u32, Indirect>,
+    suspicions: BTreeMap<NodeId, Suspicion>,
+    suspicion_deadlines: BTreeSet<(Instant, NodeId)>,
+    tombstones: BTreeSet<(Instant, NodeId)>,
+    gossip: GossipQueue,
+    health: u32,
+    next_gossip: Instant,
+    next_push_pull: Instant,
+    last_sync: Option<Instant>,
+    mismatch_since: Option<Instant>,
+    view_hash: u32,
+    answered: VecDeque<(NodeId, u32)>,
+    joined: bool,
+    next_join: Option<Instant>,
+    join_backoff: Duration,
+    leaving: bool,
+    leave_done: bool,
+    actions: VecDeque<Action>,
+    stats: Stats,
+}
+
+impl Swim {
+    /// Starts a member of generation `gen` (one per life: pass a counter persisted across
+    /// restarts, or the boot time in milliseconds; if it is ever lower than what the cluster
+    /// remembers, the member adopts a higher one as soon as it hears of it). `seed` seeds the
+    /// member's RNG. Joining through [`Config::seeds`] starts at once.
+    pub fn new(cfg: Config, gen: u64, seed: u64, now: Instant) -> Result<Swim, ConfigError> {
+        cfg.validate()?;
+        let me = Member {
+            id: cfg.id,
+            addr: cfg.addr,
+            version: Version { gen: gen.min(Version::MAX_VALID), inc: 0, state: State::Alive },
+            meta: cfg.meta.clone(),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let jitter = |rng: &mut ChaCha8Rng, d: Duration| {
+            now.saturating_add(Duration::from_nanos(rng.next_u64() % (d.as_nanos() as u64).max(1)))
+        };
+        let next_probe = jitter(&mut rng, cfg.probe_interval);
+        let next_gossip = jitter(&mut rng, cfg.gossip_interval);
+        let next_push_pull = jitter(&mut rng, cfg.push_pull_interval).saturating_add(cfg.push_pull_interval);
+        let next_join = if cfg.seeds.iter().any(|s| *s != cfg.addr) { Some(now) } else { None };
+        let join_backoff = cfg.join_retry_min;
+        let mut swim = Swim {
+            cfg,
+            rng,
+            me,
+            members: BTreeMap::new(),
+            live: 1,
+            digest_hash: 0,
+            probe_order: Vec::new(),
+            probe_pos: 0,
+            probe: None,
+            next_probe,
+            seq: 0,
+            indirect: BTreeMap::new(),
+            suspicions: BTreeMap::new(),
+            suspicion_deadlines: BTreeSet::new(),
+            tombstones: BTreeSet::new(),
+            gossip: GossipQueue::default(),
+            health: 0,
+            next_gossip,
+            next_push_pull,
+            last_sync: None,
+            mismatch_since: None,
+            view_hash: 0,
+            answered: VecDeque::new(),
+            joined: false,
+            next_join,
+            join_backoff,
+            leaving: false,
+            leave_done: false,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        swim.digest_hash = member_hash(swim.me.id, swim.me.version.gen, 0);
+        swim.view_hash = swim.digest_hash;
+        Ok(swim)
+    }
+
+    // ----- getters -----
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// This member's SWIM address.
+    pub fn addr(&self) -> Addr {
+        self.cfg.addr
+    }
+
+    /// This member's own record (generation, incarnation, metadata).
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Everything known about `id` (this member excluded).
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.get(&id).map(|k| &k.member)
+    }
+
+    /// Every other known member, tombstones included, in id order.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().map(|k| &k.member)
+    }
+
+    /// Alive and suspect members, this one included.
+    pub fn live_members(&self) -> usize {
+        self.live
+    }
+
+    /// The local health score (0 is healthy).
+    pub fn health(&self) -> u32 {
+        self.health
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// This member's view digest, as sent in every packet.
+    pub fn digest(&self) -> Digest {
+        Digest { live: u32::try_from(self.live).unwrap_or(u32::MAX), hash: self.digest_hash }
+    }
+
+    /// A fingerprint of the membership itself: which members are live, at which generation,
+    /// ignoring incarnations. Members that agree on who is in the cluster have equal views.
+    pub fn view(&self) -> Digest {
+        Digest { live: u32::try_from(self.live).unwrap_or(u32::MAX), hash: self.view_hash }
+    }
+
+    /// True once a full-state answer arrived (always true for a member without seeds).
+    pub fn is_joined(&self) -> bool {
+        self.joined || self.cfg.seeds.iter().all(|s| *s == self.cfg.addr)
+    }
+
+    /// Updates waiting to be gossiped.
+    pub fn pending_gossip(&self) -> usize {
+        self.gossip.len()
+    }
+
+    // ----- commands -----
+
+    /// Publishes new metadata: bumps the incarnation and gossips it.
+    pub fn set_meta(&mut self, now: Instant, meta: Meta) -> Result<(), SwimError> {
+        if self.leaving {
+            return Err(SwimError::Left);
+        }
+        let len = postcard::experimental::serialized_size(&meta).unwrap_or(usize::MAX);
+        if len > self.cfg.meta_bytes_max {
+            return Err(SwimError::MetaTooLarge { len, max: self.cfg.meta_bytes_max });
+        }
+        self.me.meta = meta;
+        self.bump_incarnation(self.me.version.inc);
+        let _ = now;
+        Ok(())
+    }
+
+    /// Leaves gracefully: gossips `Left` at once and keeps gossiping (without probing) until
+    /// [`Event::LeaveDone`].
+    pub fn leave(&mut self, now: Instant) -> Result<(), SwimError> {
+        if self.leaving {
+            return Err(SwimError::Left);
+        }
+        self.leaving = true;
+        self.me.version.state = State::Left;
+        self.probe = None;
+        self.next_join = None;
+        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip_round(now);
+        Ok(())
+    }
+
+    /// Joins (again) through `seeds`, replacing the configured ones.
+    pub fn join(&mut self, now: Instant, seeds: Vec<Addr>) -> Result<(), SwimError> {
+        if self.leaving {
+            return Err(SwimError::Left);
+        }
+        self.cfg.seeds = seeds;
+        self.join_backoff = self.cfg.join_retry_min;
+        self.next_join = Some(now);
+        Ok(())
+    }
+
+    // ----- inputs -----
+
+    /// Handles one datagram received from `from`. A rejected datagram is counted and changes
+    /// nothing else.
+    pub fn handle_packet(&mut self, now: Instant, from: Addr, bytes: &[u8]) -> Result<(), SwimError> {
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        let env = match wire::decode::<Packet>(bytes, self.cfg.cluster_id, self.cfg.packet_bytes_max) {
+            Ok(env) => env,
+            Err(e) => {
+                match e {
+                    WireError::TooLarge { .. } => self.stats.rejected_too_large += 1,
+                    WireError::WrongCluster { .. } => self.stats.rejected_cluster += 1,
+                    WireError::BadMagic | WireError::UnsupportedVersion(_) => self.stats.rejected_version += 1,
+                    WireError::Malformed => self.stats.rejected_malformed += 1,
+                }
+                return Err(SwimError::Wire(e));
+            }
+        };
+        if !env.body.validate() || env.from == NodeId::NONE {
+            self.stats.rejected_malformed += 1;
+            return Err(SwimError::Invalid);
+        }
+        if env.from == self.cfg.id || self.leaving {
+            self.stats.ignored += 1;
+            return Ok(());
+        }
+        let sender = env.from;
+        let packet = env.body;
+        for u in packet.gossip {
+            self.apply(now, u.id(), u.version(), claim_by(&u, sender), info_of(u), true);
+        }
+        // A sender we hold for dead in its generation learns so first, and renews.
+        let warn = self.members.get(&sender).and_then(|k| {
+            (k.member.version.state.is_terminal() && k.member.version.gen >= packet.gen)
+                .then(|| Update::of(&k.member, self.cfg.id))
+        });
+        match packet.body {
+            Body::Ping { seq, target } => {
+                if target == self.cfg.id {
+                    self.send(from, Body::Ack { seq }, warn);
+                }
+            }
+            Body::Ack { seq } => self.on_ack(seq),
+            Body::Nack { seq } => {
+                if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                    p.nacks += 1;
+                }
+            }
+            Body::PingReq { seq, target, addr } => {
+                if self.indirect.len() < INDIRECT_MAX && target != self.cfg.id {
+                    let my_seq = self.next_seq();
+                    let nack_at = now.saturating_add(self.scaled(self.cfg.probe_timeout) * 4 / 5);
+                    self.indirect.insert(my_seq, Indirect { requester: from, seq, nack_at });
+                    let buddy = self.buddy(target);
+                    self.send(addr, Body::Ping { seq: my_seq, target }, buddy);
+                }
+            }
+            Body::PushPull { seq, reply, join, members, .. } => {
+                for m in members {
+                    let info = (m.addr != Addr::UNSPECIFIED).then_some((m.addr, m.meta));
+                    self.apply(now, m.id, m.version, sender, info, m.id == sender);
+                }
+                if reply {
+                    if !self.joined {
+                        self.joined = true;
+                        self.next_join = None;
+                        self.emit(Event::Joined);
+                    }
+                } else if !self.answered.contains(&(sender, seq)) {
+                    if self.answered.len() >= ANSWERED_MAX {
+                        self.answered.pop_front();
+                    }
+                    self.answered.push_back((sender, seq));
+                    self.send_state(from, seq, true, join);
+                }
+            }
+            Body::Gossip => {
+                if let Some(w) = warn {
+                    self.send(from, Body::Gossip, Some(w));
+                }
+            }
+        }
+        // Views that keep differing are repaired by a full-state exchange with the sender. A
+        // difference seen only once is usually an update still spreading, so it waits a gap.
+        if packet.digest == self.digest() {
+            self.mismatch_since = None;
+        } else if self.members.get(&sender).is_some_and(|k| is_live(&k.member)) {
+            let gap = self.cfg.sync_gap * (self.live as u32).div_ceil(512).max(1);
+            let since = *self.mismatch_since.get_or_insert(now);
+            let persistent = now >= since.saturating_add(gap);
+            let rested = self.last_sync.is_none_or(|t| now >= t.saturating_add(gap));
+            if persistent && rested {
+                self.last_sync = Some(now);
+                self.mismatch_since = None;
+                self.push_pull_with(sender, false);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, seq: u32) {
+        if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
+            if !p.acked {
+                p.acked = true;
+                p.direct_ack = !p.indirect_sent;
+            }
+            return;
+        }
+        if let Some(ind) = self.indirect.remove(&seq) {
+            self.send(ind.requester, Body::Ack { seq: ind.seq }, None);
+        }
+    }
+
+    // ----- merging -----
+
+    /// Merges one claim about member `id`. `info` carries address and metadata when known.
+    ///
+    /// `regossip` is false for claims learned in a full-state exchange: the partner already
+    /// knows them and digest-driven exchanges spread them further, so re-gossiping every
+    /// member of a large cluster after each exchange would only flood the piggyback queue.
+    fn apply(&mut self, now: Instant, id: NodeId, v: Version, by: NodeId, info: Option<(Addr, Meta)>, regossip: bool) {
+        if id == NodeId::NONE {
+            return;
+        }
+        if id == self.cfg.id {
+            self.about_me(v);
+            return;
+        }
+        let Some(known) = self.members.get_mut(&id) else {
+            match (v.state, info) {
+                (State::Suspect | State::Alive, Some((addr, meta))) => {
+                    let member = Member { id, addr, version: v, meta };
+                    self.members.insert(id, Known { member: member.clone(), since: now });
+                    self.digest_hash ^= member_hash(id, v.gen, v.inc);
+                    self.became_live(id, v.gen);
+                    self.emit(Event::Up(member.clone()));
+                    if v.state == State::Suspect {
+                        self.emit(Event::Suspect(id));
+                        self.start_suspicion(now, id, v, by);
+                    }
+                    if regossip {
+                        self.gossip.push(Update::of(&member, by));
+                    }
+                }
+                (State::Down | State::Left, info) => {
+                    let (addr, meta) = info.unwrap_or_default_addr();
+                    let member = Member { id, addr, version: v, meta };
+                    self.members.insert(id, Known { member: member.clone(), since: now });
+                    self.tombstones.insert((now.saturating_add(self.cfg.tombstone_ttl), id));
+                    if regossip {
+                        self.gossip.push(Update::of(&member, by));
+                    }
+                }
+                _ => {}
+            }
+            return;
+        };
+        let old = known.member.version;
+        // A member known only from a tombstone has no address: a live claim without one cannot
+        // be acted on, and ignoring it keeps the view independent of delivery order.
+        if info.is_none() && !v.state.is_terminal() && known.member.addr == Addr::UNSPECIFIED {
+            return;
+        }
+        if !v.supersedes(&old) {
+            if v == old && v.state == State::Suspect {
+                self.confirm_suspicion(id, v, by);
+            }
+            return;
+        }
+        known.member.version = v;
+        known.since = now;
+        let mut meta_changed = false;
+        if let Some((addr, meta)) = info {
+            meta_changed = addr != known.member.addr || meta != known.member.meta;
+            known.member.addr = addr;
+            known.member.meta = meta;
+        }
+        let member = known.member.clone();
+        let was_live = !old.state.is_terminal();
+        let is_live_now = !v.state.is_terminal();
+        if was_live {
+            self.digest_hash ^= member_hash(id, old.gen, old.inc);
+        }
+        if is_live_now {
+            self.digest_hash ^= member_hash(id, v.gen, v.inc);
+        }
+        if was_live && (!is_live_now || v.gen != old.gen) {
+            self.became_dead(id, old.gen);
+        }
+        if is_live_now && (!was_live || v.gen != old.gen) {
+            self.became_live(id, v.gen);
+        }
+        if v.state != State::Suspect || v.gen != old.gen || v.inc != old.inc {
+            self.cancel_suspicion(id);
+        }
+        match v.state {
+            State::Alive => {
+                if !was_live || v.gen != old.gen {
+                    self.emit(Event::Up(member.clone()));
+                } else {
+                    if old.state == State::Suspect {
+                        self.emit(Event::Alive(id));
+                    }
+                    if meta_changed {
+                        self.emit(Event::Updated(member.clone()));
+                    }
+                }
+            }
+            State::Suspect => {
+                if !was_live || v.gen != old.gen {
+                    self.emit(Event::Up(member.clone()));
+                }
+                self.emit(Event::Suspect(id));
+                self.start_suspicion(now, id, v, by);
+            }
+            State::Down | State::Left => {
+                self.tombstones.insert((now.saturating_add(self.cfg.tombstone_ttl), id));
+                if was_live || old.state != v.state {
+                    self.emit(if v.state == State::Down { Event::Down(id) } else { Event::Left(id) });
+                }
+            }
+        }
+        if regossip {
+            self.gossip.push(Update::of(&member, by));
+        } else {
+            // Whatever was pending about this member is now stale.
+            self.gossip.remove(id);
+        }
+    }
+
+    /// A claim about this member: refute suspicion, adopt a newer life, renew after death.
+    fn about_me(&mut self, v: Version) {
+        let mine = self.me.version;
+        if self.leaving || v.gen < mine.gen {
+            return;
+        }
+        match v.state {
+            State::Alive => {
+                if (v.gen, v.inc) > (mine.gen, mine.inc) {
+                    self.adopt(v.gen, v.inc);
+                }
+            }
+            State::Suspect => {
+                if v.gen > mine.gen || v.inc >= mine.inc {
+                    self.stats.refutations += 1;
+                    self.adopt(v.gen, v.inc);
+                    self.set_health(self.health + 1);
+                }
+            }
+            State::Down | State::Left => self.renew(v.gen),
+        }
+    }
+
+    fn adopt(&mut self, gen: u64, inc: u64) {
+        if gen > self.me.version.gen {
+            self.set_me(gen, self.me.version.inc);
+        }
+        self.bump_incarnation(inc);
+    }
+
+    fn bump_incarnation(&mut self, above: u64) {
+        if above >= Version::MAX_VALID {
+            self.renew(self.me.version.gen);
+            return;
+        }
+        self.set_me(self.me.version.gen, above + 1);
+        self.gossip.push(Update::of(&self.me, self.cfg.id));
+    }
+
+    fn renew(&mut self, dead_gen: u64) {
+        let gen = dead_gen.max(self.me.version.gen).saturating_add(1).min(Version::MAX_VALID);
+        self.set_me(gen, 0);
+        self.emit(Event::Renewed { gen });
+        self.gossip.push(Update::of(&self.me, self.cfg.id));
+    }
+
+    fn set_me(&mut self, gen: u64, inc: u64) {
+        let old = self.me.version;
+        self.digest_hash ^= member_hash(self.me.id, old.gen, old.inc) ^ member_hash(self.me.id, gen, inc);
+        self.view_hash ^= member_hash(self.me.id, old.gen, 0) ^ member_hash(self.me.id, gen, 0);
+        self.me.version.gen = gen;
+        self.me.version.inc = inc;
+    }
+
+    fn became_live(&mut self, id: NodeId, gen: u64) {
+        self.live += 1;
+        self.view_hash ^= member_hash(id, gen, 0);
+        // New members go to a random place in the probe order, so they are probed this round.
+        let at =
+            if self.probe_order.is_empty() { 0 } else { self.rng.next_u64() as usize % (self.probe_order.len() + 1) };
+        self.probe_order.insert(at, id);
+        if at < self.probe_pos {
+            self.probe_pos += 1;
+        }
+    }
+
+    fn became_dead(&mut self, id: NodeId, gen: u64) {
+        self.live -= 1;
+        self.view_hash ^= member_hash(id, gen, 0);
+    }
+
+    // ----- suspicion (Lifeguard's dynamic timeout) -----
+
+    /// `(min, max, k)`: the timeout with every expected confirmation, without any, and how
+    /// many confirmations are expected.
+    fn suspicion_bounds(&self) -> (f64, f64, u32) {
+        let n = self.live as f64;
+        let scale = libm::log10(n).max(1.0);
+        let min = self.cfg.probe_interval.as_nanos() as f64 * f64::from(self.cfg.suspicion_mult) * scale;
+        let max = min * f64::from(self.cfg.suspicion_max_mult);
+        let mut k = self.cfg.suspicion_mult.saturating_sub(2);
+        if (self.live as u64).saturating_sub(2) < u64::from(k) {
+            k = 0;
+        }
+        (min, max, k)
+    }
+
+    fn suspicion_timeout(&self, confirmations: usize) -> Duration {
+        let (min, max, k) = self.suspicion_bounds();
+        let t = if k == 0 {
+            min
+        } else {
+            let frac = libm::log(confirmations as f64 + 1.0) / libm::log(f64::from(k) + 1.0);
+            (max - frac * (max - min)).max(min)
+        };
+        Duration::from_nanos(t as u64)
+    }
+
+    fn start_suspicion(&mut self, now: Instant, id: NodeId, version: Version, by: NodeId) {
+        self.cancel_suspicion(id);
+        let deadline = now.saturating_add(self.suspicion_timeout(0));
+        self.suspicions.insert(id, Suspicion { version, start: now, confirmers: alloc::vec![by], deadline });
+        self.suspicion_deadlines.insert((deadline, id));
+    }
+
+    fn confirm_suspicion(&mut self, id: NodeId, v: Version, by: NodeId) {
+        let (_, _, k) = self.suspicion_bounds();
+        let Some(s) = self.suspicions.get(&id) else { return };
+        if s.version != v || s.confirmers.contains(&by) || s.confirmers.len() > k as usize {
+            return;
+        }
+        let confirmations = s.confirmers.len();
+        let deadline = s.start.saturating_add(self.suspicion_timeout(confirmations));
+        let Some(s) = self.suspicions.get_mut(&id) else { return };
+        s.confirmers.push(by);
+        self.suspicion_deadlines.remove(&(s.deadline, id));
+        s.deadline = deadline;
+        self.suspicion_deadlines.insert((deadline, id));
+        // Re-gossip, so the confirmation reaches the others' timers too.
+        let Some(k) = self.members.get(&id) else { return };
+        self.gossip.push(Update::of(&k.member, by));
+    }
+
+    fn cancel_suspicion(&mut self, id: NodeId) {
+        if let Some(s) = self.suspicions.remove(&id) {
+            self.suspicion_deadlines.remove(&(s.deadline, id));
+        }
+    }
+
+    // ----- health (Lifeguard's local health awareness) -----
+
+    fn set_health(&mut self, score: u32) {
+        let score = score.min(self.cfg.health_max - 1);
+        if score != self.health {
+            self.health = score;
+            self.emit(Event::Health(score));
+        }
+    }
+
+    fn scaled(&self, d: Duration) -> Duration {
+        d * (self.health + 1)
+    }
+
+    // ----- probing -----
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn pick_probe_target(&mut self) -> Option<NodeId> {
+        for pass in 0..2 {
+            while self.probe_pos < self.probe_order.len() {
+                let id = self.probe_order[self.probe_pos];
+                self.probe_pos += 1;
+                if self.members.get(&id).is_some_and(|k| is_live(&k.member)) {
+                    return Some(id);
+                }
+            }
+            if pass == 0 {
+                // A round is over: a fresh shuffle of the live members (which also drops the dead).
+                let mut order: Vec<NodeId> =
+                    self.members.values().filter(|k| is_live(&k.member)).map(|k| k.member.id).collect();
+                shuffle(&mut self.rng, &mut order);
+                self.probe_order = order;
+                self.probe_pos = 0;
+            }
+        }
+        None
+    }
+
+    fn finish_probe(&mut self, now: Instant) {
+        let Some(p) = self.probe.take() else { return };
+        if p.acked && p.direct_ack {
+            self.set_health(self.health.saturating_sub(1));
+            return;
+        }
+        let missed = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
+        if missed > 0 {
+            self.set_health(self.health + missed);
+        } else if p.acked {
+            self.set_health(self.health.saturating_sub(1));
+        }
+        if p.acked {
+            return;
+        }
+        self.stats.probe_failures += 1;
+        let Some(k) = self.members.get(&p.target) else { return };
+        let v = k.member.version;
+        if !v.state.is_terminal() {
+            // Suspecting an already suspected member is an independent confirmation.
+            let suspect = Version { state: State::Suspect, ..v };
+            self.apply(now, p.target, suspect, self.cfg.id, None, true);
+        }
+    }
+
+    fn start_probe(&mut self, now: Instant) {
+        let Some(target) = self.pick_probe_target() else { return };
+        let Some(addr) = self.members.get(&target).map(|k| k.member.addr) else { return };
+        let seq = self.next_seq();
+        self.stats.probes += 1;
+        self.probe = Some(Probe {
+            target,
+            seq,
+            indirect_at: now.saturating_add(self.scaled(self.cfg.probe_timeout)),
+            indirect_sent: false,
+            acked: false,
+            direct_ack: false,
+            nacks: 0,
+            expected_nacks: 0,
+        });
+        let buddy = self.buddy(target);
+        self.send(addr, Body::Ping { seq, target }, buddy);
+    }
+
+    /// Buddy system: when the target is suspected, the suspicion rides first so it can refute.
+    fn buddy(&self, target: NodeId) -> Option<Update> {
+        let k = self.members.get(&target)?;
+        (k.member.version.state == State::Suspect).then(|| Update::of(&k.member, self.cfg.id))
+    }
+
+    fn send_indirect(&mut self) {
+        let Some(p) = self.probe.as_ref() else { return };
+        let (target, seq) = (p.target, p.seq);
+        let Some(addr) = self.members.get(&target).map(|k| k.member.addr) else { return };
+        let helpers = self.random_live(self.cfg.indirect_probes, &[target]);
+        if let Some(p) = self.probe.as_mut() {
+            p.indirect_sent = true;
+            p.expected_nacks = helpers.len() as u32;
+        }
+        for h in helpers {
+            if let Some(haddr) = self.members.get(&h).map(|k| k.member.addr) {
+                self.send(haddr, Body::PingReq { seq, target, addr }, None);
+            }
+        }
+        // Lifeguard/memberlist: also retry the target directly, in case only the first ping was lost.
+        let buddy = self.buddy(target);
+        self.send(addr, Body::Ping { seq, target }, buddy);
+    }
+
+    /// Up to `k` distinct live members other than those in `exclude`, at random.
+    fn random_live(&mut self, k: usize, exclude: &[NodeId]) -> Vec<NodeId> {
+        let mut out = Vec::with_capacity(k);
+        if k == 0 || self.probe_order.is_empty() {
+            return out;
+        }
+        let n = self.probe_order.len();
+        if n <= 4 * k + exclude.len() {
+            let mut all: Vec<NodeId> = self
+                .probe_order
+                .iter()
+                .copied()
+                .filter(|id| !exclude.contains(id) && self.members.get(id).is_some_and(|m| is_live(&m.member)))
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            shuffle(&mut self.rng, &mut all);
+            all.truncate(k);
+            return all;
+        }
+        for _ in 0..8 * k {
+            let id = self.probe_order[self.rng.next_u64() as usize % n];
+            if !exclude.contains(&id) && !out.contains(&id) && self.members.get(&id).is_some_and(|m| is_live(&m.member))
+            {
+                out.push(id);
+                if out.len() == k {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    // ----- dissemination -----
+
+    fn retransmit_limit(&self) -> u32 {
+        // λ · ⌈log10(n + 1)⌉, and ⌈log10(n + 1)⌉ is the number of decimal digits of n.
+        let digits = (self.live.max(1) as u64).ilog10() + 1;
+        self.cfg.retransmit_mult * digits
+    }
+
+    fn send(&mut self, to: Addr, body: Body, first: Option<Update>) {
+        let mut packet = Packet { gen: self.me.version.gen, digest: self.digest(), body, gossip: Vec::new() };
+        let base = postcard::experimental::serialized_size(&packet).unwrap_or(usize::MAX)
+            + postcard::experimental::serialized_size(&(self.cfg.cluster_id, self.cfg.id)).unwrap_or(usize::MAX)
+            + wire::HEADER_BYTES
+            + GOSSIP_SLACK;
+        let mut budget = self.cfg.packet_bytes_max.saturating_sub(base);
+        let skip = first.as_ref().map(Update::id);
+        if let Some(u) = first {
+            let size = postcard::experimental::serialized_size(&u).unwrap_or(usize::MAX);
+            if size <= budget {
+                budget -= size;
+                packet.gossip.push(u);
+            }
+        }
+        let limit = self.retransmit_limit();
+        self.gossip.take(budget, limit, skip, &mut packet.gossip);
+        self.push_send(to, &packet);
+    }
+
+    fn push_send(&mut self, to: Addr, packet: &Packet) {
+        // Sizes were budgeted exactly; an encoding error here is a bug, counted not sent.
+        if let Ok(bytes) = wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.cfg.packet_bytes_max) {
+            self.stats.packets_sent += 1;
+            self.stats.bytes_sent += bytes.len() as u64;
+            self.actions.push_back(Action::Send { to, packet: bytes });
+        }
+    }
+
+    fn gossip_round(&mut self, now: Instant) {
+        let _ = now;
+        if self.gossip.len() == 0 {
+            return;
+        }
+        for id in self.random_live(self.cfg.gossip_fanout, &[]) {
+            if let Some(addr) = self.members.get(&id).map(|k| k.member.addr) {
+                self.send(addr, Body::Gossip, None);
+            }
+        }
+    }
+
+    /// Sends this member's full state to `to`, in chunks that fit the packet limit.
+    fn send_state(&mut self, to: Addr, seq: u32, reply: bool, join: bool) {
+        let mut all: Vec<&Member> = Vec::with_capacity(self.members.len() + 1);
+        all.push(&self.me);
+        all.extend(self.members.values().map(|k| &k.member));
+        let header = Packet {
+            gen: self.me.version.gen,
+            digest: self.digest(),
+            body: Body::PushPull { seq, reply, join, part: u16::MAX, parts: u16::MAX, members: Vec::new() },
+            gossip: Vec::new(),
+        };
+        let base = postcard::experimental::serialized_size(&header).unwrap_or(usize::MAX)
+            + postcard::experimental::serialized_size(&(self.cfg.cluster_id, self.cfg.id)).unwrap_or(usize::MAX)
+            + wire::HEADER_BYTES
+            + GOSSIP_SLACK;
+        let budget = self.cfg.packet_bytes_max.saturating_sub(base);
+        let mut chunks: Vec<Vec<Member>> = alloc::vec![Vec::new()];
+        let mut used = 0;
+        for m in all {
+            let size = postcard::experimental::serialized_size(m).unwrap_or(usize::MAX);
+            if size > budget {
+                continue;
+            }
+            if used + size > budget {
+                chunks.push(Vec::new());
+                used = 0;
+            }
+            used += size;
+            if let Some(c) = chunks.last_mut() {
+                c.push(m.clone());
+            }
+        }
+        let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
+        for (part, members) in chunks.into_iter().take(usize::from(parts)).enumerate() {
+            let part = part as u16;
+            let packet = Packet {
+                gen: self.me.version.gen,
+                digest: self.digest(),
+                body: Body::PushPull { seq, reply, join, part, parts, members },
+                gossip: Vec::new(),
+            };
+            self.push_send(to, &packet);
+        }
+    }
+
+    fn push_pull_with(&mut self, id: NodeId, join: bool) {
+        let Some(addr) = self.members.get(&id).map(|k| k.member.addr) else { return };
+        self.stats.push_pulls += 1;
+        let seq = self.next_seq();
+        self.send_state(addr, seq, false, join);
+    }
+
+    fn push_pull_period(&self) -> Duration {
+        let stretch = (self.live as u32).div_ceil(32).max(1);
+        self.cfg.push_pull_interval * stretch
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.actions.push_back(Action::Event(e));
+    }
+
+    fn collect_tombstones(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.tombstones.first() {
+            if at > now {
+                break;
+            }
+            self.tombstones.pop_first();
+            let expired = self.members.get(&id).is_some_and(|k| {
+                k.member.version.state.is_terminal() && now >= k.since.saturating_add(self.cfg.tombstone_ttl)
+            });
+            if expired {
+                self.members.remove(&id);
+                self.gossip.remove(id);
+                self.emit(Event::Forgotten(id));
+            }
+        }
+    }
+}
+
+impl Machine for Swim {
+    type Action = Action;
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.leave_done {
+            return;
+        }
+        if self.leaving {
+            if now >= self.next_gossip {
+                self.next_gossip = now.saturating_add(self.cfg.gossip_interval);
+                if self.gossip.get(self.cfg.id).is_none() {
+                    self.leave_done = true;
+                    self.emit(Event::LeaveDone);
+                    return;
+                }
+                self.gossip_round(now);
+            }
+            return;
+        }
+        // Probing.
+        let indirect_due = self.probe.as_ref().is_some_and(|p| !p.acked && !p.indirect_sent && now >= p.indirect_at);
+        if indirect_due {
+            self.send_indirect();
+        }
+        if now >= self.next_probe {
+            self.finish_probe(now);
+            self.start_probe(now);
+            self.next_probe = now.saturating_add(self.scaled(self.cfg.probe_interval));
+        }
+        // Nacks for indirect probes that got no answer.
+        let due: Vec<u32> = self.indirect.iter().filter(|(_, i)| now >= i.nack_at).map(|(s, _)| *s).collect();
+        for s in due {
+            if let Some(ind) = self.indirect.remove(&s) {
+                self.send(ind.requester, Body::Nack { seq: ind.seq }, None);
+            }
+        }
+        // Suspicions that ran out.
+        while let Some(&(at, id)) = self.suspicion_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.suspicion_deadlines.pop_first();
+            if let Some(s) = self.suspicions.remove(&id) {
+                let down = Version { state: State::Down, ..s.version };
+                self.apply(now, id, down, self.cfg.id, None, true);
+            }
+        }
+        // Gossip-only round.
+        if now >= self.next_gossip {
+            self.next_gossip = now.saturating_add(self.cfg.gossip_interval);
+            self.gossip_round(now);
+        }
+        // Periodic anti-entropy, plus one attempt to reach a member held down (a healed
+        // partition whose sides declared each other down has no other way back).
+        if now >= self.next_push_pull {
+            self.next_push_pull = now.saturating_add(self.push_pull_period());
+            if let Some(&id) = self.random_live(1, &[]).first() {
+                self.push_pull_with(id, false);
+            }
+            let down: Vec<NodeId> =
+                self.members.values().filter(|k| k.member.version.state == State::Down).map(|k| k.member.id).collect();
+            if !down.is_empty() {
+                let id = down[self.rng.next_u64() as usize % down.len()];
+                self.push_pull_with(id, false);
+            }
+        }
+        // Joining, and rejoining when every other member is gone.
+        if self.next_join.is_none() && self.live == 1 && !self.cfg.seeds.is_empty() && self.is_joined() {
+            self.joined = false;
+            self.join_backoff = self.cfg.join_retry_min;
+            self.next_join = Some(now);
+        }
+        if let Some(at) = self.next_join.filter(|at| now >= *at) {
+            let _ = at;
+            let seeds: Vec<Addr> = self.cfg.seeds.iter().copied().filter(|s| *s != self.cfg.addr).collect();
+            for s in seeds {
+                let seq = self.next_seq();
+                self.stats.push_pulls += 1;
+                self.send_state(s, seq, false, true);
+            }
+            let jitter = self.rng.next_u64() % (self.join_backoff.as_nanos() as u64 / 4).max(1);
+            self.next_join = Some(now.saturating_add(self.join_backoff + Duration::from_nanos(jitter)));
+            self.join_backoff = (self.join_backoff * 2).min(self.cfg.join_retry_max);
+        }
+        self.collect_tombstones(now);
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.leave_done {
+            return None;
+        }
+        if self.leaving {
+            return Some(self.next_gossip);
+        }
+        let mut t = Some(self.next_probe.min(self.next_gossip).min(self.next_push_pull));
+        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && !p.indirect_sent) {
+            t = earliest(t, Some(p.indirect_at));
+        }
+        t = earliest(t, self.indirect.values().map(|i| i.nack_at).min());
+        t = earliest(t, self.suspicion_deadlines.first().map(|(at, _)| *at));
+        t = earliest(t, self.tombstones.first().map(|(at, _)| *at));
+        earliest(t, self.next_join)
+    }
+
+    fn check_invariants(&self) {
+        self.gossip.check();
+        assert!(!self.members.contains_key(&self.cfg.id), "{} lists itself as a member", self.cfg.id);
+        let live = self.members.values().filter(|k| is_live(&k.member)).count() + 1;
+        assert_eq!(self.live, live, "{}: live count out of step", self.cfg.id);
+        let v = self.me.version;
+        let mut hash = member_hash(self.me.id, v.gen, v.inc);
+        for k in self.members.values().filter(|k| is_live(&k.member)) {
+            hash ^= member_hash(k.member.id, k.member.version.gen, k.member.version.inc);
+        }
+        assert_eq!(self.digest_hash, hash, "{}: digest out of step", self.cfg.id);
+        let live_gens =
+            self.members.values().filter(|k| is_live(&k.member)).map(|k| (k.member.id, k.member.version.gen, 0));
+        let view = Digest::of(core::iter::once((self.me.id, v.gen, 0)).chain(live_gens));
+        assert_eq!(self.view(), view, "{}: view fingerprint out of step", self.cfg.id);
+        assert_eq!(self.suspicions.len(), self.suspicion_deadlines.len(), "suspicion index out of step");
+        for (id, s) in &self.suspicions {
+            let m = &self.members[id].member;
+            assert_eq!(m.version, s.version, "{}: suspicion of {id} for a version no longer held", self.cfg.id);
+            assert!(self.suspicion_deadlines.contains(&(s.deadline, *id)));
+        }
+        assert!(self.health < self.cfg.health_max, "health score above its ceiling");
+        assert!(self.indirect.len() <= INDIRECT_MAX);
+        for k in self.members.values() {
+            assert!(k.member.version.gen <= Version::MAX_VALID && k.member.version.inc <= Version::MAX_VALID);
+        }
+    }
+}
+
+fn is_live(m: &Member) -> bool {
+    !m.version.state.is_terminal()
+}
+
+fn shuffle<T>(rng: &mut ChaCha8Rng, v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+fn claim_by(u: &Update, sender: NodeId) -> NodeId {
+    match u {
+        Update::Suspect { by, .. } => *by,
+        _ => sender,
+    }
+}
+
+fn info_of(u: Update) -> Option<(Addr, Meta)> {
+    match u {
+        Update::Alive { addr, meta, .. } => Some((addr, meta)),
+        _ => None,
+    }
+}
+
+trait OrDefaultAddr {
+    fn unwrap_or_default_addr(self) -> (Addr, Meta);
+}
+
+impl OrDefaultAddr for Option<(Addr, Meta)> {
+    fn unwrap_or_default_addr(self) -> (Addr, Meta) {
+        self.unwrap_or((Addr::UNSPECIFIED, Meta::default()))
+    }
+}

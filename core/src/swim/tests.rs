@@ -1,0 +1,590 @@
+//! One test per rule of the SWIM paper (Das, Gupta, Motivala 2002, section 4) and of Lifeguard
+//! (Dadgar, Phillips, Currey 2018, section 4), plus the edge cases of this implementation.
+
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::net::SocketAddr;
+use core::time::Duration;
+use proptest::prelude::*;
+
+use super::*;
+
+const CLUSTER: u64 = 77;
+
+fn addr(i: usize) -> Addr {
+    Addr::v4(10, 0, (i >> 8) as u8, i as u8, 7946)
+}
+
+fn id(i: usize) -> NodeId {
+    NodeId(i as u64 + 1)
+}
+
+fn config(i: usize) -> Config {
+    let mut c = Config::lan(id(i), CLUSTER, addr(i));
+    if i != 0 {
+        c.seeds = vec![addr(0)];
+    }
+    c
+}
+
+/// A zero-latency network of members with cut links and stopped members.
+struct Net {
+    nodes: Vec<Option<Swim>>,
+    now: Instant,
+    queue: VecDeque<(usize, usize, Vec<u8>)>,
+    cut: BTreeSet<(usize, usize)>,
+    events: Vec<(Instant, usize, Event)>,
+    sent: Vec<(usize, usize, Packet)>,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        Net::with(n, config)
+    }
+
+    fn with(n: usize, cfg: impl Fn(usize) -> Config) -> Net {
+        let nodes = (0..n).map(|i| Some(Swim::new(cfg(i), 1, i as u64 + 100, Instant::ZERO).unwrap())).collect();
+        let mut net = Net {
+            nodes,
+            now: Instant::ZERO,
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            events: Vec::new(),
+            sent: Vec::new(),
+        };
+        net.drain();
+        net
+    }
+
+    fn node(&self, i: usize) -> &Swim {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut Swim {
+        self.nodes[i].as_mut().unwrap()
+    }
+
+    fn index_of(a: Addr) -> usize {
+        let SocketAddr::V4(v4) = a.0 else { unreachable!() };
+        let o = v4.ip().octets();
+        usize::from(o[2]) << 8 | usize::from(o[3])
+    }
+
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(s) = self.nodes[i].as_mut() else { continue };
+            s.check_invariants();
+            while let Some(a) = s.poll_action() {
+                match a {
+                    Action::Send { to, packet } => {
+                        assert!(packet.len() <= 1400, "packet of {} bytes", packet.len());
+                        let j = Net::index_of(to);
+                        let p = crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body;
+                        self.sent.push((i, j, p));
+                        self.queue.push_back((i, j, packet));
+                    }
+                    Action::Event(e) => self.events.push((self.now, i, e)),
+                }
+            }
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        while let Some((from, to, bytes)) = self.queue.pop_front() {
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
+            let now = self.now;
+            if let Some(s) = self.nodes.get_mut(to).and_then(Option::as_mut) {
+                s.handle_packet(now, addr(from), &bytes).unwrap();
+            }
+            self.drain();
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now.saturating_add(d);
+        loop {
+            self.deliver_all();
+            let next = self.nodes.iter().flatten().filter_map(|s| s.poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for s in self.nodes.iter_mut().flatten() {
+                        if s.poll_timeout().is_some_and(|t| t <= now) {
+                            s.handle_timeout(now);
+                        }
+                    }
+                    self.drain();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn isolate(&mut self, i: usize) {
+        for j in 0..self.nodes.len() {
+            self.cut.insert((i, j));
+            self.cut.insert((j, i));
+        }
+    }
+
+    fn state(&self, observer: usize, of: usize) -> Option<State> {
+        self.node(observer).member(id(of)).map(|m| m.version.state)
+    }
+
+    fn all_see(&self, of: usize, state: State) -> bool {
+        (0..self.nodes.len()).filter(|&o| o != of && self.nodes[o].is_some()).all(|o| self.state(o, of) == Some(state))
+    }
+
+    fn converged(n: usize) -> Net {
+        let mut net = Net::new(n);
+        net.run_for(Duration::from_secs(20));
+        for i in 0..n {
+            assert_eq!(net.node(i).live_members(), n, "member {i} sees {}", net.node(i).live_members());
+        }
+        net.events.clear();
+        net.sent.clear();
+        net
+    }
+}
+
+// ----- SWIM, section 4 -----
+
+#[test]
+fn swim_4_1_a_probe_is_answered_by_an_ack_and_keeps_the_member_alive() {
+    let mut net = Net::converged(3);
+    net.run_for(Duration::from_secs(10));
+    let pings = net.sent.iter().filter(|(_, _, p)| matches!(p.body, Body::Ping { .. })).count();
+    let acks = net.sent.iter().filter(|(_, _, p)| matches!(p.body, Body::Ack { .. })).count();
+    assert!(pings >= 25, "three members probing once a second for 10 s sent {pings} pings");
+    assert_eq!(pings, acks, "every ping is acked on a perfect network");
+    assert!(net.events.iter().all(|(_, _, e)| !matches!(e, Event::Suspect(_) | Event::Down(_))));
+}
+
+#[test]
+fn swim_4_1_an_unanswered_probe_goes_indirect_through_k_members() {
+    let mut net = Net::converged(5);
+    // 0 cannot reach 1 directly, but others can.
+    net.cut.insert((0, 1));
+    net.cut.insert((1, 0));
+    net.run_for(Duration::from_secs(30));
+    let reqs: Vec<_> = net
+        .sent
+        .iter()
+        .filter(|(f, _, p)| *f == 0 && matches!(p.body, Body::PingReq { target, .. } if target == id(1)))
+        .collect();
+    assert!(!reqs.is_empty(), "0 asked others to probe 1");
+    assert!(reqs.len() % 3 == 0, "k = 3 indirect probes per failed round, got {}", reqs.len());
+    assert!(reqs.iter().all(|(_, to, _)| *to != 1));
+    assert!(net.all_see(1, State::Alive), "indirect acks keep 1 alive");
+}
+
+#[test]
+fn swim_4_2_a_crashed_member_is_suspected_then_declared_down_everywhere() {
+    let mut net = Net::converged(5);
+    net.nodes[4] = None;
+    net.run_for(Duration::from_secs(60));
+    assert!(net.events.iter().any(|(_, _, e)| *e == Event::Suspect(id(4))));
+    assert!(net.all_see(4, State::Down));
+    for i in 0..4 {
+        assert_eq!(net.node(i).live_members(), 4);
+    }
+}
+
+#[test]
+fn swim_4_2_a_suspected_member_refutes_with_a_higher_incarnation() {
+    let mut net = Net::converged(4);
+    let inc = net.node(3).me().version.inc;
+    // Cut 3 off just long enough to be suspected, not declared down.
+    net.isolate(3);
+    net.run_for(Duration::from_secs(4));
+    assert!(net.events.iter().any(|(_, _, e)| *e == Event::Suspect(id(3))));
+    net.cut.clear();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.node(3).me().version.inc > inc, "3 bumped its incarnation to refute");
+    assert!(net.node(3).stats().refutations >= 1);
+    assert!(net.all_see(3, State::Alive));
+    assert!(net.events.iter().any(|(_, _, e)| *e == Event::Alive(id(3))));
+    assert!(!net.events.iter().any(|(_, _, e)| *e == Event::Down(id(3))));
+}
+
+#[test]
+fn swim_4_3_probe_targets_follow_a_shuffled_round_robin() {
+    let mut net = Net::converged(6);
+    net.run_for(Duration::from_secs(25));
+    let targets: Vec<NodeId> = net
+        .sent
+        .iter()
+        .filter(|(f, _, _)| *f == 0)
+        .filter_map(|(_, _, p)| match p.body {
+            Body::Ping { target, .. } => Some(target),
+            _ => None,
+        })
+        .collect();
+    // Every window of 5 consecutive rounds probes each of the 5 others once.
+    let rounds: Vec<&[NodeId]> = targets.chunks(5).filter(|c| c.len() == 5).collect();
+    assert!(rounds.len() >= 3);
+    for r in &rounds {
+        let set: BTreeSet<_> = r.iter().collect();
+        assert_eq!(set.len(), 5, "a round probes everyone once: {r:?}");
+    }
+    assert!(rounds.windows(2).any(|w| w[0] != w[1]), "rounds are reshuffled");
+}
+
+#[test]
+fn swim_4_4_updates_piggyback_and_retire_after_lambda_log_n_sends() {
+    let mut net = Net::converged(8);
+    net.node_mut(2).set_meta(Instant::ZERO, Meta { zone: "b".into(), ..Meta::default() }).unwrap();
+    net.drain();
+    net.run_for(Duration::from_secs(10));
+    let carried = net
+        .sent
+        .iter()
+        .filter(|(f, _, p)| *f == 2 && p.gossip.iter().any(|u| matches!(u, Update::Alive { id: i, .. } if *i == id(2))))
+        .count();
+    // λ = 4, ⌈log10(8 + 1)⌉ = 1: sent 4 times by its origin, then retired.
+    assert_eq!(carried, 4);
+    assert_eq!(net.node(2).pending_gossip(), 0);
+    for o in 0..8 {
+        if o != 2 {
+            assert_eq!(net.node(o).member(id(2)).unwrap().meta.zone, "b", "{o} learned the new metadata");
+        }
+    }
+    assert!(net.events.iter().any(|(_, _, e)| matches!(e, Event::Updated(m) if m.id == id(2))));
+}
+
+// ----- Lifeguard, section 4 -----
+
+#[test]
+fn lifeguard_local_health_rises_when_own_probes_fail_without_nacks_and_recovers() {
+    let mut net = Net::converged(5);
+    // 0 hears nothing: its probes fail and no nacks come back.
+    for j in 1..5 {
+        net.cut.insert((j, 0));
+    }
+    net.run_for(Duration::from_secs(8));
+    let h = net.node(0).health();
+    assert!(h >= 3, "health score rose to {h}");
+    assert!(net.events.iter().any(|(_, i, e)| *i == 0 && matches!(e, Event::Health(_))));
+    // The probe interval stretches with the score: fewer probes per second.
+    let before = net.node(0).stats().probes;
+    net.run_for(Duration::from_secs(10));
+    let slow = net.node(0).stats().probes - before;
+    assert!(slow <= 10 / (h as u64 + 1) + 2, "{slow} probes in 10 s at health {h}");
+    net.cut.clear();
+    net.run_for(Duration::from_secs(90));
+    assert_eq!(net.node(0).health(), 0, "answered probes bring the score back to 0");
+}
+
+#[test]
+fn lifeguard_suspicion_timeout_starts_long_and_shrinks_with_confirmations() {
+    let net = Net::converged(10);
+    let s = net.node(0);
+    let (min, max, k) = s.suspicion_bounds();
+    assert_eq!(k, 2);
+    assert_eq!(min as u64, 4_000_000_000, "4 · log10(10) · 1 s");
+    assert_eq!(max as u64, 24_000_000_000);
+    assert_eq!(s.suspicion_timeout(0), Duration::from_secs(24));
+    let one = s.suspicion_timeout(1);
+    assert!(one < Duration::from_secs(24) && one > Duration::from_secs(4), "{one:?}");
+    assert_eq!(s.suspicion_timeout(2), Duration::from_secs(4));
+    assert_eq!(s.suspicion_timeout(5), Duration::from_secs(4), "never below min");
+}
+
+#[test]
+fn lifeguard_independent_suspecters_shorten_the_timer() {
+    let mut net = Net::converged(10);
+    net.nodes[9] = None;
+    net.run_for(Duration::from_secs(60));
+    let suspected = net.events.iter().find(|(_, _, e)| *e == Event::Suspect(id(9))).map(|(t, _, _)| *t).unwrap();
+    let down = net.events.iter().find(|(_, _, e)| *e == Event::Down(id(9))).map(|(t, _, _)| *t).unwrap();
+    let took = down.saturating_duration_since(suspected);
+    assert!(took < Duration::from_secs(24), "confirmations cut the 24 s timer, took {took:?}");
+}
+
+#[test]
+fn lifeguard_buddy_system_tells_the_suspect_first() {
+    let mut net = Net::converged(4);
+    net.isolate(3);
+    net.run_for(Duration::from_secs(4));
+    net.sent.clear();
+    net.cut.clear();
+    net.run_for(Duration::from_secs(3));
+    let to_suspect: Vec<_> = net
+        .sent
+        .iter()
+        .filter(|(_, to, p)| *to == 3 && matches!(p.body, Body::Ping { .. }) && !p.gossip.is_empty())
+        .collect();
+    assert!(!to_suspect.is_empty());
+    let first = &to_suspect[0].2.gossip[0];
+    assert!(matches!(first, Update::Suspect { id: i, .. } if *i == id(3)), "first update: {first:?}");
+}
+
+#[test]
+fn lifeguard_indirect_probers_nack_when_the_target_is_silent() {
+    let mut net = Net::converged(4);
+    net.nodes[3] = None;
+    net.run_for(Duration::from_secs(10));
+    let nacks = net.sent.iter().filter(|(_, _, p)| matches!(p.body, Body::Nack { .. })).count();
+    assert!(nacks > 0, "helpers reported that the target did not answer");
+    assert_eq!(net.node(0).health(), 0, "nacks show the prober it is healthy");
+}
+
+// ----- joining, leaving, identity -----
+
+#[test]
+fn join_retries_with_backoff_until_the_seed_answers() {
+    let mut net = Net::new(2);
+    net.cut.insert((1, 0));
+    net.run_for(Duration::from_secs(20));
+    let tries =
+        net.sent.iter().filter(|(f, _, p)| *f == 1 && matches!(p.body, Body::PushPull { join: true, .. })).count();
+    assert!((4..=7).contains(&tries), "0.5 + 1 + 2 + 4 + 8 s backoff gives about 5 tries in 20 s, got {tries}");
+    assert!(!net.node(1).is_joined());
+    net.cut.clear();
+    net.run_for(Duration::from_secs(40));
+    assert!(net.node(1).is_joined());
+    assert!(net.events.iter().any(|(_, i, e)| *i == 1 && *e == Event::Joined));
+    assert_eq!(net.node(0).live_members(), 2);
+}
+
+#[test]
+fn a_graceful_leave_is_seen_as_left_and_then_the_member_stops() {
+    let mut net = Net::converged(5);
+    let now = net.now;
+    net.node_mut(2).leave(now).unwrap();
+    assert_eq!(net.node_mut(2).leave(now), Err(SwimError::Left));
+    net.drain();
+    net.run_for(Duration::from_secs(10));
+    assert!(net.all_see(2, State::Left));
+    assert!(net.events.iter().any(|(_, i, e)| *i == 2 && *e == Event::LeaveDone));
+    assert_eq!(net.node(2).poll_timeout(), None);
+    assert!(!net.events.iter().any(|(_, _, e)| *e == Event::Down(id(2))), "left, not down");
+}
+
+#[test]
+fn a_member_declared_down_renews_its_identity_and_comes_back() {
+    let mut net = Net::converged(5);
+    net.isolate(4);
+    net.run_for(Duration::from_secs(60));
+    assert!(net.all_see(4, State::Down));
+    let gen = net.node(4).me().version.gen;
+    net.cut.clear();
+    net.run_for(Duration::from_secs(120));
+    assert!(net.node(4).me().version.gen > gen, "a new generation, not a zombie of the old one");
+    assert!(net.events.iter().any(|(_, i, e)| *i == 4 && matches!(e, Event::Renewed { .. })));
+    assert!(net.all_see(4, State::Alive));
+    for i in 0..5 {
+        assert_eq!(net.node(i).live_members(), 5, "member {i}");
+    }
+}
+
+#[test]
+fn a_restarted_member_with_an_old_generation_is_never_ignored() {
+    let mut net = Net::converged(4);
+    net.nodes[3] = None;
+    net.run_for(Duration::from_secs(60));
+    assert!(net.all_see(3, State::Down));
+    // Restart with the same generation, as a host without a persisted counter would.
+    net.nodes[3] = Some(Swim::new(config(3), 1, 999, net.now).unwrap());
+    net.drain();
+    net.run_for(Duration::from_secs(60));
+    assert!(net.node(3).me().version.gen >= 2, "renewed past the generation the cluster buried");
+    assert!(net.all_see(3, State::Alive));
+}
+
+#[test]
+fn a_stale_alive_never_resurrects_a_dead_generation() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: Meta::default() };
+    let feed = |s: &mut Swim, u: Update| {
+        let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
+        let bytes = crate::wire::encode(CLUSTER, id(9), &p, 1400).unwrap();
+        s.handle_packet(Instant::ZERO, addr(9), &bytes).unwrap();
+    };
+    feed(&mut s, alive(2));
+    feed(&mut s, Update::Down { id: id(5), gen: 3, inc: 2 });
+    feed(&mut s, alive(9));
+    assert_eq!(s.member(id(5)).unwrap().version.state, State::Down);
+    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: Meta::default() });
+    assert_eq!(s.member(id(5)).unwrap().version, Version { gen: 4, inc: 0, state: State::Alive });
+    s.check_invariants();
+}
+
+#[test]
+fn tombstones_are_collected_after_their_ttl() {
+    let mut net = Net::with(4, |i| {
+        let mut c = config(i);
+        c.tombstone_ttl = Duration::from_secs(30);
+        c
+    });
+    net.run_for(Duration::from_secs(20));
+    net.nodes[3] = None;
+    net.run_for(Duration::from_secs(25));
+    assert!(net.all_see(3, State::Down));
+    net.run_for(Duration::from_secs(60));
+    for o in 0..3 {
+        assert!(net.node(o).member(id(3)).is_none(), "{o} still remembers 3");
+    }
+    assert!(net.events.iter().any(|(_, _, e)| *e == Event::Forgotten(id(3))));
+}
+
+#[test]
+fn a_healed_partition_converges_without_gossip_finding_it() {
+    let mut net = Net::converged(8);
+    let (a, b): (Vec<usize>, Vec<usize>) = (0..8).partition(|i| *i < 4);
+    for &x in &a {
+        for &y in &b {
+            net.cut.insert((x, y));
+            net.cut.insert((y, x));
+        }
+    }
+    net.run_for(Duration::from_secs(90));
+    assert_eq!(net.node(0).live_members(), 4);
+    assert_eq!(net.node(7).live_members(), 4);
+    net.cut.clear();
+    net.run_for(Duration::from_secs(120));
+    for i in 0..8 {
+        assert_eq!(net.node(i).live_members(), 8, "member {i} after healing");
+        assert_eq!(net.node(i).view(), net.node(0).view());
+    }
+}
+
+// ----- packets -----
+
+#[test]
+fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    for i in 1..400 {
+        let mut meta = Meta { zone: format!("zone-{}", i % 7), weight: 3, ..Meta::default() };
+        meta.tags.insert("role".into(), "data".into());
+        let p = Packet {
+            gen: 1,
+            digest: Digest::default(),
+            body: Body::Gossip,
+            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta }],
+        };
+        let bytes = crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap();
+        s.handle_packet(Instant::ZERO, addr(i), &bytes).unwrap();
+    }
+    while s.poll_action().is_some() {}
+    s.send_state(addr(1), 7, false, true);
+    let mut seen = BTreeSet::new();
+    let mut parts = 0;
+    while let Some(a) = s.poll_action() {
+        let Action::Send { packet, .. } = a else { continue };
+        assert!(packet.len() <= 1400);
+        let p = crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body;
+        let Body::PushPull { members, parts: n, .. } = p.body else { panic!() };
+        parts = n;
+        seen.extend(members.into_iter().map(|m| m.id));
+    }
+    assert_eq!(seen.len(), 400, "every member, this one included, in some chunk");
+    assert!(parts >= 10, "{parts} chunks");
+}
+
+#[test]
+fn bad_packets_are_rejected_with_a_typed_error_and_counted() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    let big = vec![0u8; 1401];
+    assert!(matches!(s.handle_packet(Instant::ZERO, addr(1), &big), Err(SwimError::Wire(WireError::TooLarge { .. }))));
+    assert!(matches!(s.handle_packet(Instant::ZERO, addr(1), b"QR\x01\xff\xff"), Err(SwimError::Wire(_))));
+    let p = Packet { gen: u64::MAX, digest: Digest::default(), body: Body::Gossip, gossip: vec![] };
+    let bytes = crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap();
+    assert_eq!(s.handle_packet(Instant::ZERO, addr(1), &bytes), Err(SwimError::Invalid));
+    let other = crate::wire::encode(CLUSTER + 1, id(1), &Packet { gen: 1, ..p.clone() }, 1400).unwrap();
+    assert!(matches!(
+        s.handle_packet(Instant::ZERO, addr(1), &other),
+        Err(SwimError::Wire(WireError::WrongCluster { .. }))
+    ));
+    let st = s.stats();
+    assert_eq!((st.rejected_too_large, st.rejected_malformed, st.rejected_cluster), (1, 2, 1));
+    assert_eq!(s.live_members(), 1, "nothing changed");
+    s.check_invariants();
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let mut c = Config::lan(id(0), CLUSTER, addr(0));
+    c.probe_timeout = Duration::from_secs(2);
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "probe_timeout", .. })));
+    let mut c = Config::lan(NodeId::NONE, CLUSTER, addr(0));
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "id", .. })));
+    c.id = id(0);
+    c.meta.tags.insert("x".into(), "y".repeat(600));
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "meta", .. })));
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    assert!(matches!(s.set_meta(Instant::ZERO, c.meta.clone()), Err(SwimError::MetaTooLarge { .. })));
+}
+
+// ----- merge properties -----
+
+fn arb_update() -> impl Strategy<Value = Update> {
+    let who = 1u64..4;
+    let gen = 1u64..3;
+    let inc = 0u64..3;
+    (0u8..4, who, gen, inc, 0u8..3).prop_map(|(kind, w, gen, inc, z)| {
+        let id = NodeId(w + 1);
+        match kind {
+            0 => Update::Alive {
+                id,
+                gen,
+                inc,
+                addr: addr(w as usize),
+                meta: Meta { weight: u32::from(z), ..Meta::default() },
+            },
+            1 => Update::Suspect { id, gen, inc, by: NodeId(9) },
+            2 => Update::Down { id, gen, inc },
+            _ => Update::Left { id, gen, inc },
+        }
+    })
+}
+
+fn view_after(updates: &[Update]) -> BTreeMap<NodeId, Version> {
+    let mut s = Swim::new(Config::lan(NodeId(1), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    for u in updates {
+        let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u.clone()] };
+        let bytes = crate::wire::encode(CLUSTER, NodeId(9), &p, 1400).unwrap();
+        s.handle_packet(Instant::ZERO, addr(9), &bytes).unwrap();
+        s.check_invariants();
+    }
+    s.members().map(|m| (m.id, m.version)).collect()
+}
+
+proptest! {
+    #[test]
+    fn any_delivery_order_of_the_same_updates_gives_the_same_view(
+        updates in proptest::collection::vec(arb_update(), 1..12),
+        seed in any::<u64>(),
+    ) {
+        // An Alive must come first for a member to be known with an address, so the reference
+        // order and the shuffled one both start with every member's first Alive.
+        let mut shuffled = updates.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        shuffle(&mut rng, &mut shuffled);
+        let known: Vec<Update> = updates.iter().filter(|u| matches!(u, Update::Alive { .. })).cloned().collect();
+        let a: Vec<Update> = known.iter().chain(updates.iter()).cloned().collect();
+        let b: Vec<Update> = known.iter().chain(shuffled.iter()).cloned().collect();
+        prop_assert_eq!(view_after(&a), view_after(&b));
+    }
+
+    #[test]
+    fn the_view_holds_the_greatest_claim_under_the_precedence_rule(
+        updates in proptest::collection::vec(arb_update(), 1..12),
+    ) {
+        let known: Vec<Update> = updates.iter().filter(|u| matches!(u, Update::Alive { .. })).cloned().collect();
+        let all: Vec<Update> = known.iter().chain(updates.iter()).cloned().collect();
+        let view = view_after(&all);
+        for (id, v) in &view {
+            let addressed = known.iter().any(|u| u.id() == *id);
+            let counted = |u: &&Update| u.id() == *id && (addressed || u.version().state.is_terminal());
+            for u in all.iter().filter(counted) {
+                prop_assert!(!u.version().supersedes(v), "{:?} should have replaced {:?}", u, v);
+            }
+        }
+    }
+}
