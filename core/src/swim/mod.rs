@@ -57,6 +57,8 @@ mod config;
 mod gossip;
 pub mod member;
 pub mod message;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -493,13 +495,15 @@ impl Swim {
             }
         }
         // Views that keep differing are repaired by a full-state exchange with the sender. A
-        // difference seen only once is usually an update still spreading, so it waits a gap.
+        // difference in incarnations only is usually an update still spreading, so it must
+        // persist for a gap first; a difference in member count is repaired at once.
         if packet.digest == self.digest() {
             self.mismatch_since = None;
         } else if self.members.get(&sender).is_some_and(|k| is_live(&k.member)) {
-            let gap = self.cfg.sync_gap * (self.live as u32).div_ceil(512).max(1);
+            let gap = self.cfg.sync_gap * (self.live as u32).div_ceil(1024).max(1);
             let since = *self.mismatch_since.get_or_insert(now);
-            let persistent = now >= since.saturating_add(gap);
+            // Different member counts are no passing refutation: repair at once.
+            let persistent = packet.digest.live != self.digest().live || now >= since.saturating_add(gap);
             let rested = self.last_sync.is_none_or(|t| now >= t.saturating_add(gap));
             if persistent && rested {
                 self.last_sync = Some(now);
@@ -813,19 +817,17 @@ impl Swim {
 
     fn finish_probe(&mut self, now: Instant) {
         let Some(p) = self.probe.take() else { return };
-        if p.acked && p.direct_ack {
-            self.set_health(self.health.saturating_sub(1));
-            return;
-        }
-        let missed = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
-        if missed > 0 {
-            self.set_health(self.health + missed);
-        } else if p.acked {
-            self.set_health(self.health.saturating_sub(1));
-        }
         if p.acked {
+            // A direct ack shows this member is healthy. An indirect one says nothing either way:
+            // helpers that got the target's ack send no nack, so missing nacks prove nothing.
+            if p.direct_ack {
+                self.set_health(self.health.saturating_sub(1));
+            }
             return;
         }
+        // A failed round: every nack that did not come back hints the trouble is ours.
+        let missed = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
+        self.set_health(self.health + missed);
         self.stats.probe_failures += 1;
         let Some(k) = self.members.get(&p.target) else { return };
         let v = k.member.version;
