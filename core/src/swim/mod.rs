@@ -236,7 +236,7 @@ pub struct Swim {
     last_sync: Option<Instant>,
     mismatch_since: Option<Instant>,
     view_hash: u32,
-    answered: VecDeque<(NodeId, u32)>,
+    answered: VecDeque<(NodeId, u64, u32)>,
     joined: bool,
     next_join: Option<Instant>,
     join_backoff: Duration,
@@ -268,6 +268,9 @@ impl Swim {
         let next_push_pull = jitter(&mut rng, cfg.push_pull_interval).saturating_add(cfg.push_pull_interval);
         let next_join = if cfg.seeds.iter().any(|s| *s != cfg.addr) { Some(now) } else { None };
         let join_backoff = cfg.join_retry_min;
+        // A random start, so a restarted member (same id, perhaps the same generation) does not
+        // reuse the sequence numbers its previous life used, which peers may still remember.
+        let seq = rng.next_u32();
         let mut swim = Swim {
             cfg,
             rng,
@@ -279,7 +282,7 @@ impl Swim {
             probe_pos: 0,
             probe: None,
             next_probe,
-            seq: 0,
+            seq,
             indirect: BTreeMap::new(),
             suspicions: BTreeMap::new(),
             suspicion_deadlines: BTreeSet::new(),
@@ -480,11 +483,11 @@ impl Swim {
                         self.next_join = None;
                         self.emit(Event::Joined);
                     }
-                } else if !self.answered.contains(&(sender, seq)) {
+                } else if !self.answered.contains(&(sender, packet.gen, seq)) {
                     if self.answered.len() >= ANSWERED_MAX {
                         self.answered.pop_front();
                     }
-                    self.answered.push_back((sender, seq));
+                    self.answered.push_back((sender, packet.gen, seq));
                     self.send_state(from, seq, true, join);
                 }
             }
@@ -866,7 +869,11 @@ impl Swim {
     fn send_indirect(&mut self) {
         let Some(p) = self.probe.as_ref() else { return };
         let (target, seq) = (p.target, p.seq);
-        let Some(addr) = self.members.get(&target).map(|k| k.member.addr) else { return };
+        // The target may have been declared down (or left) since the round began.
+        let Some(addr) = self.members.get(&target).filter(|k| is_live(&k.member)).map(|k| k.member.addr) else {
+            self.probe = None;
+            return;
+        };
         let helpers = self.random_live(self.cfg.indirect_probes, &[target]);
         if let Some(p) = self.probe.as_mut() {
             p.indirect_sent = true;
@@ -940,6 +947,9 @@ impl Swim {
         }
         let limit = self.retransmit_limit();
         self.gossip.take(budget, limit, skip, &mut packet.gossip);
+        if packet.body == Body::Gossip && packet.gossip.is_empty() {
+            return; // the queue ran dry part-way through a gossip round
+        }
         self.push_send(to, &packet);
     }
 

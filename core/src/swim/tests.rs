@@ -1,156 +1,15 @@
 //! One test per rule of the SWIM paper (Das, Gupta, Motivala 2002, section 4) and of Lifeguard
 //! (Dadgar, Phillips, Currey 2018, section 4), plus the edge cases of this implementation.
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use alloc::{format, vec};
-use core::net::SocketAddr;
 use core::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
 
-const CLUSTER: u64 = 77;
-
-fn addr(i: usize) -> Addr {
-    Addr::v4(10, 0, (i >> 8) as u8, i as u8, 7946)
-}
-
-fn id(i: usize) -> NodeId {
-    NodeId(i as u64 + 1)
-}
-
-fn config(i: usize) -> Config {
-    let mut c = Config::lan(id(i), CLUSTER, addr(i));
-    if i != 0 {
-        c.seeds = vec![addr(0)];
-    }
-    c
-}
-
-/// A zero-latency network of members with cut links and stopped members.
-struct Net {
-    nodes: Vec<Option<Swim>>,
-    now: Instant,
-    queue: VecDeque<(usize, usize, Vec<u8>)>,
-    cut: BTreeSet<(usize, usize)>,
-    events: Vec<(Instant, usize, Event)>,
-    sent: Vec<(usize, usize, Packet)>,
-}
-
-impl Net {
-    fn new(n: usize) -> Net {
-        Net::with(n, config)
-    }
-
-    fn with(n: usize, cfg: impl Fn(usize) -> Config) -> Net {
-        let nodes = (0..n).map(|i| Some(Swim::new(cfg(i), 1, i as u64 + 100, Instant::ZERO).unwrap())).collect();
-        let mut net = Net {
-            nodes,
-            now: Instant::ZERO,
-            queue: VecDeque::new(),
-            cut: BTreeSet::new(),
-            events: Vec::new(),
-            sent: Vec::new(),
-        };
-        net.drain();
-        net
-    }
-
-    fn node(&self, i: usize) -> &Swim {
-        self.nodes[i].as_ref().unwrap()
-    }
-
-    fn node_mut(&mut self, i: usize) -> &mut Swim {
-        self.nodes[i].as_mut().unwrap()
-    }
-
-    fn index_of(a: Addr) -> usize {
-        let SocketAddr::V4(v4) = a.0 else { unreachable!() };
-        let o = v4.ip().octets();
-        usize::from(o[2]) << 8 | usize::from(o[3])
-    }
-
-    fn drain(&mut self) {
-        for i in 0..self.nodes.len() {
-            let Some(s) = self.nodes[i].as_mut() else { continue };
-            s.check_invariants();
-            while let Some(a) = s.poll_action() {
-                match a {
-                    Action::Send { to, packet } => {
-                        assert!(packet.len() <= 1400, "packet of {} bytes", packet.len());
-                        let j = Net::index_of(to);
-                        let p = crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body;
-                        self.sent.push((i, j, p));
-                        self.queue.push_back((i, j, packet));
-                    }
-                    Action::Event(e) => self.events.push((self.now, i, e)),
-                }
-            }
-        }
-    }
-
-    fn deliver_all(&mut self) {
-        while let Some((from, to, bytes)) = self.queue.pop_front() {
-            if self.cut.contains(&(from, to)) {
-                continue;
-            }
-            let now = self.now;
-            if let Some(s) = self.nodes.get_mut(to).and_then(Option::as_mut) {
-                s.handle_packet(now, addr(from), &bytes).unwrap();
-            }
-            self.drain();
-        }
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        let end = self.now.saturating_add(d);
-        loop {
-            self.deliver_all();
-            let next = self.nodes.iter().flatten().filter_map(|s| s.poll_timeout()).min();
-            match next {
-                Some(t) if t <= end => {
-                    self.now = self.now.max(t);
-                    let now = self.now;
-                    for s in self.nodes.iter_mut().flatten() {
-                        if s.poll_timeout().is_some_and(|t| t <= now) {
-                            s.handle_timeout(now);
-                        }
-                    }
-                    self.drain();
-                }
-                _ => break,
-            }
-        }
-        self.now = end;
-    }
-
-    fn isolate(&mut self, i: usize) {
-        for j in 0..self.nodes.len() {
-            self.cut.insert((i, j));
-            self.cut.insert((j, i));
-        }
-    }
-
-    fn state(&self, observer: usize, of: usize) -> Option<State> {
-        self.node(observer).member(id(of)).map(|m| m.version.state)
-    }
-
-    fn all_see(&self, of: usize, state: State) -> bool {
-        (0..self.nodes.len()).filter(|&o| o != of && self.nodes[o].is_some()).all(|o| self.state(o, of) == Some(state))
-    }
-
-    fn converged(n: usize) -> Net {
-        let mut net = Net::new(n);
-        net.run_for(Duration::from_secs(20));
-        for i in 0..n {
-            assert_eq!(net.node(i).live_members(), n, "member {i} sees {}", net.node(i).live_members());
-        }
-        net.events.clear();
-        net.sent.clear();
-        net
-    }
-}
+use super::testkit::{addr, config, id, Net, CLUSTER};
 
 // ----- SWIM, section 4 -----
 
