@@ -35,7 +35,8 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peer_raftrs::RaftRsCluster;
 use quorate_core::raft::{
-    Action, Config, Entry, EntryPayload, Event, HardState, LogIndex, Membership, Message, Raft, Recovered, Role, Term,
+    Action, Command, Config, Entry, EntryPayload, Event, HardState, LogIndex, Membership, Message, Raft, Recovered,
+    Role, Term,
 };
 use quorate_core::{Instant, NodeId};
 
@@ -251,7 +252,7 @@ impl QuorateCluster {
     /// Proposes one entry on the leader and drives until the leader applies it.
     fn propose_one(&mut self, payload: &[u8]) {
         self.tick();
-        let target = self.nodes[LEADER].propose(self.now, Bytes::copy_from_slice(payload)).expect("leader accepts");
+        let target = self.nodes[LEADER].propose(self.now, Command::copy_from_slice(payload)).expect("leader accepts");
         self.drain(LEADER);
         self.drive_until(|c| c.hosts[LEADER].applied >= target.0);
     }
@@ -259,7 +260,7 @@ impl QuorateCluster {
     /// Proposes every payload as one batch on the leader, then drives until all are applied there.
     fn propose_batch(&mut self, payloads: &[Vec<u8>]) {
         self.tick();
-        let batch = payloads.iter().map(|p| Bytes::copy_from_slice(p));
+        let batch = payloads.iter().map(|p| Command::copy_from_slice(p));
         let (_, last) = self.nodes[LEADER].propose_batch(self.now, batch).expect("leader accepts");
         self.drain(LEADER);
         self.drive_until(|c| c.hosts[LEADER].applied >= last.0);

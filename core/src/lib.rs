@@ -14,7 +14,6 @@
 //! One loop drives any machine. Here it runs a one-node Raft group with an in-memory "disk":
 //!
 //! ```
-//! use bytes::Bytes;
 //! use quorate_core::raft::{Action, Config, Membership, Raft, Recovered, Role};
 //! use quorate_core::{Instant, NodeId};
 //!
@@ -47,7 +46,7 @@
 //!     }
 //!     // 2. Feed an input: a command, a message, or the timer.
 //!     if raft.role() == Role::Leader && !proposed {
-//!         raft.propose(now, Bytes::from_static(b"hello")).expect("leader accepts");
+//!         raft.propose(now, "hello").expect("leader accepts");
 //!         proposed = true;
 //!     } else if let Some(deadline) = raft.poll_timeout() {
 //!         now = now.max(deadline);

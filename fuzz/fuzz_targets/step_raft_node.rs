@@ -36,7 +36,7 @@ use core::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use quorate_core::raft::testkit::Cluster;
 use quorate_core::raft::{
-    ConfChange, ConfChangeItem, ConfTransition, Config, Entry, EntryPayload, LogIndex, Membership, Message,
+    Command, ConfChange, ConfChangeItem, ConfTransition, Config, Entry, EntryPayload, LogIndex, Membership, Message,
     MessageBody, ReadMode, RejectHint, SnapshotMeta, Term,
 };
 use quorate_core::{fnv1a64, NodeId};
@@ -198,8 +198,8 @@ impl FPayload {
     fn get(&self) -> EntryPayload {
         match self {
             FPayload::Noop => EntryPayload::Noop,
-            FPayload::Command(d) => EntryPayload::Command(Bytes::copy_from_slice(d)),
-            FPayload::ConfChange(cc) => EntryPayload::ConfChange(cc.get()),
+            FPayload::Command(d) => EntryPayload::Command(Command::copy_from_slice(d)),
+            FPayload::ConfChange(cc) => EntryPayload::ConfChange(Box::new(cc.get())),
         }
     }
 }

@@ -984,7 +984,7 @@ impl World {
         match req {
             Request::Write(cmd) => {
                 let seq = cmd.seq;
-                let data = Bytes::from(postcard::to_allocvec(&cmd).unwrap_or_default());
+                let data = postcard::to_allocvec(&cmd).unwrap_or_default();
                 match raft.propose(local, data) {
                     Ok(index) => {
                         node.waiting_writes.insert(index, (client, cmd.client, seq));

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use quorate_core::raft::testkit::Cluster;
 use quorate_core::raft::{
-    ConfChange, ConfChangeItem, ConfTransition, Config, Entry, EntryPayload, LogIndex, Membership, Message,
+    Command, ConfChange, ConfChangeItem, ConfTransition, Config, Entry, EntryPayload, LogIndex, Membership, Message,
     MessageBody, RejectHint, SnapshotMeta, Term,
 };
 use quorate_core::wire::{self, Envelope, WireError, MAGIC, PROTOCOL_VERSION};
@@ -267,12 +267,12 @@ fn recipe(wild: bool) -> impl Strategy<Value = Recipe> {
         let ids = peer().boxed();
         prop_oneof![
             Just(EntryPayload::Noop),
-            data().prop_map(|d| EntryPayload::Command(Bytes::from(d))),
-            conf_change(ids).prop_map(EntryPayload::ConfChange),
+            data().prop_map(|d| EntryPayload::Command(Command::from(d))),
+            conf_change(ids).prop_map(|cc| EntryPayload::ConfChange(Box::new(cc))),
         ]
         .boxed()
     } else {
-        prop_oneof![Just(EntryPayload::Noop), data().prop_map(|d| EntryPayload::Command(Bytes::from(d)))].boxed()
+        prop_oneof![Just(EntryPayload::Noop), data().prop_map(|d| EntryPayload::Command(Command::from(d)))].boxed()
     };
     let entry = (n(), proptest::option::weighted(0.2, n()), payload).prop_map(|(term, index, payload)| EntryRecipe {
         term,
@@ -430,7 +430,7 @@ fn apply(c: &mut Cluster, op: &Op) -> Result<(), Livelock> {
         Op::Timer(id) => c.fire_timer(*id),
         Op::Advance(ms) => c.advance(Duration::from_millis(*ms)),
         Op::Propose(id, d) if running(c, *id) => {
-            let _ = c.node_mut(*id).propose(now, Bytes::from(d.clone()));
+            let _ = c.node_mut(*id).propose(now, d.clone());
             c.drain(*id);
         }
         Op::ConfChange(id, cc) if running(c, *id) => {
@@ -644,7 +644,7 @@ fn fuzz_smoke_regression_5_snapshot_contradicting_the_leader_livelocks_probing()
     let body = consistent_snapshot(last.next(), Term(term.0 - 1), three);
     c.node_mut(N2).handle_message(now, N1, Message { term, body });
     c.drain(N2);
-    c.node_mut(N1).propose(now, Bytes::from_static(b"x")).expect("n1 leads");
+    c.node_mut(N1).propose(now, "x").expect("n1 leads");
     c.drain(N1);
     c.deliver_all();
     check_all(&c);

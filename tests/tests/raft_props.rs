@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use proptest::prelude::*;
 use quorate_core::raft::testkit::Cluster;
 use quorate_core::raft::{EntryPayload, Event, LogIndex, Role, Term};
@@ -113,7 +112,7 @@ proptest! {
                     if let Some(leader) = c.leader() {
                         value += 1;
                         let now = c.now;
-                        let data = Bytes::from(value.to_le_bytes().to_vec());
+                        let data = value.to_le_bytes().to_vec();
                         let _ = c.node_mut(leader).propose(now, data);
                         c.drain(leader);
                     }
@@ -144,7 +143,7 @@ proptest! {
         prop_assert!(leader.is_some(), "no leader after healing");
         let leader = leader.unwrap();
         let now = c.now;
-        let index = c.node_mut(leader).propose(now, Bytes::from_static(b"final")).unwrap();
+        let index = c.node_mut(leader).propose(now, "final").unwrap();
         c.drain(leader);
         c.deliver_all();
         c.heartbeat();

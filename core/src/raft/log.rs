@@ -131,6 +131,13 @@ impl RaftLog {
         self.entries.push(entry);
     }
 
+    /// Takes back the entries from `index` on that this leader just appended and nobody has
+    /// seen yet (a refused proposal batch).
+    pub fn truncate_uncommitted_from(&mut self, index: LogIndex) {
+        assert!(index > self.committed && index > self.persisted, "taking back a committed or persisted entry");
+        self.truncate_from(index);
+    }
+
     /// A follower appends entries after `(prev_index, prev_term)`.
     ///
     /// Entries at or below `committed` are never overwritten: a message that would do so did

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
+use super::command::Command;
 use super::membership::{ConfChange, Membership};
 
 /// A Raft term. Terms only grow; zero is the term before any election.
@@ -60,9 +61,10 @@ pub enum EntryPayload {
     /// The empty entry a new leader appends to commit entries of earlier terms.
     Noop,
     /// An opaque command for the host's state machine.
-    Command(Bytes),
-    /// A membership change, applied by Raft itself when committed.
-    ConfChange(ConfChange),
+    Command(Command),
+    /// A membership change, applied by Raft itself when committed (boxed: rare, and it would
+    /// otherwise make every entry larger).
+    ConfChange(Box<ConfChange>),
 }
 
 /// One entry of the replicated log.

@@ -25,6 +25,7 @@
 //! ReadIndex and lease reads, joint consensus, learners, leadership transfer, chunked and
 //! resumable snapshots, and bounded, total handling of every message.
 
+mod command;
 mod config;
 mod election;
 mod log;
@@ -45,6 +46,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use thiserror::Error;
 
+pub use command::Command;
 pub use config::{Config, ConfigError, PlantedBug, ReadMode};
 pub use membership::{
     ConfChange, ConfChangeError, ConfChangeItem, ConfTransition, Membership, MembershipError, VoteResult,
@@ -611,40 +613,47 @@ impl Raft {
     // ----- commands -----
 
     /// Proposes one command. Returns the index it will commit at, if it commits.
-    pub fn propose(&mut self, now: Instant, data: Bytes) -> Result<LogIndex, ProposeError> {
-        self.propose_batch(now, core::iter::once(data)).map(|(_, last)| last)
+    pub fn propose(&mut self, now: Instant, data: impl Into<Command>) -> Result<LogIndex, ProposeError> {
+        self.propose_batch(now, core::iter::once(data.into())).map(|(_, last)| last)
     }
 
     /// Proposes many commands as one batch: one log write and one append per follower.
     /// Returns the first and last index, or an error (and then nothing was proposed).
-    pub fn propose_batch(
-        &mut self,
-        now: Instant,
-        batch: impl IntoIterator<Item = Bytes>,
-    ) -> Result<(LogIndex, LogIndex), ProposeError> {
+    pub fn propose_batch<I>(&mut self, now: Instant, batch: I) -> Result<(LogIndex, LogIndex), ProposeError>
+    where
+        I: IntoIterator,
+        I::Item: Into<Command>,
+    {
         self.now = self.now.max(now);
         self.check_can_propose()?;
+        // Entries go straight into the log; a refused batch is cut off again, so a refusal
+        // still changes nothing.
         let first = self.log.last_index().next();
         let mut bytes = 0u64;
-        let batch = batch.into_iter();
-        let mut entries = Vec::with_capacity(batch.size_hint().0);
-        for (i, data) in batch.enumerate() {
-            let entry =
-                Entry { term: self.term, index: LogIndex(first.0 + i as u64), payload: EntryPayload::Command(data) };
+        for data in batch {
+            let entry = Entry {
+                term: self.term,
+                index: self.log.last_index().next(),
+                payload: EntryPayload::Command(data.into()),
+            };
             let size = entry.size_bytes();
             if size > self.cfg.entry_bytes_max {
+                self.log.truncate_uncommitted_from(first);
                 return Err(ProposeError::TooLarge { size_bytes: size });
             }
             bytes = bytes.saturating_add(size);
-            entries.push(entry);
+            self.log.append(entry);
         }
-        if entries.is_empty() {
-            return Ok((first, first.prev()));
+        let last = self.log.last_index();
+        if last < first {
+            return Ok((first, last));
         }
         if self.uncommitted_bytes.saturating_add(bytes) > self.cfg.uncommitted_bytes_max && self.uncommitted_bytes > 0 {
+            self.log.truncate_uncommitted_from(first);
             return Err(ProposeError::UncommittedLimit);
         }
-        let last = self.append_as_leader(entries);
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_add(bytes);
+        self.replicate_appended(first);
         Ok((first, last))
     }
 
@@ -656,8 +665,11 @@ impl Raft {
             return Err(ProposeError::ConfChangePending);
         }
         self.membership.apply(&cc).map_err(ProposeError::InvalidConfChange)?;
-        let entry =
-            Entry { term: self.term, index: self.log.last_index().next(), payload: EntryPayload::ConfChange(cc) };
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index().next(),
+            payload: EntryPayload::ConfChange(Box::new(cc)),
+        };
         let index = self.append_as_leader(alloc::vec![entry]);
         self.pending_conf_index = index;
         Ok(index)
@@ -871,7 +883,7 @@ impl Raft {
             let entry = Entry {
                 term: self.term,
                 index: self.log.last_index().next(),
-                payload: EntryPayload::ConfChange(ConfChange::leave_joint()),
+                payload: EntryPayload::ConfChange(Box::new(ConfChange::leave_joint())),
             };
             let index = self.append_as_leader(alloc::vec![entry]);
             self.pending_conf_index = index;

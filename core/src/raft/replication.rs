@@ -36,6 +36,12 @@ impl Raft {
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_add(e.size_bytes());
             self.log.append(e);
         }
+        self.replicate_appended(first_index)
+    }
+
+    /// Replicates the entries this leader appended from `first_index` to the end of its log
+    /// and asks the host to persist them. Returns the last index.
+    pub(super) fn replicate_appended(&mut self, first_index: LogIndex) -> LogIndex {
         let last = self.log.last_index();
         self.broadcast_append(Empty::Skip);
         self.actions.push_back(Action::PersistEntries { first_index, last_index: last });

@@ -12,7 +12,6 @@ use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use bytes::Bytes;
 use core::fmt::Write;
 use core::time::Duration;
 
@@ -259,7 +258,7 @@ impl Cluster {
     /// Proposes a command on `id` and delivers until quiet.
     pub fn propose(&mut self, id: NodeId, data: &'static str) -> Result<LogIndex, ProposeError> {
         let now = self.now;
-        let result = self.node_mut(id).propose(now, Bytes::from_static(data.as_bytes()));
+        let result = self.node_mut(id).propose(now, data);
         self.note(format!("{id} propose {data:?} -> {result:?}"));
         self.drain(id);
         self.deliver_all();

@@ -455,7 +455,7 @@ fn transfer_to_a_lagging_voter_catches_it_up_first() {
     c.heal();
     let now = c.now;
     c.node_mut(N1).transfer_leader(now, N3).unwrap();
-    assert_eq!(c.node_mut(N1).propose(now, Bytes::from_static(b"x")), Err(ProposeError::TransferInProgress));
+    assert_eq!(c.node_mut(N1).propose(now, "x"), Err(ProposeError::TransferInProgress));
     c.drain(N1);
     c.deliver_all();
     assert_eq!(c.leader(), Some(N3));
@@ -467,7 +467,7 @@ fn transfer_to_a_gone_voter_aborts_cleanly() {
     let mut c = three();
     c.crash(N3);
     let now = c.now;
-    c.node_mut(N1).propose(now, Bytes::from_static(b"a")).unwrap();
+    c.node_mut(N1).propose(now, "a").unwrap();
     c.drain(N1);
     c.deliver_all();
     c.node_mut(N1).transfer_leader(now, N3).unwrap();
@@ -730,7 +730,7 @@ fn snapshot_wanted_is_emitted_at_the_threshold() {
 fn a_batch_is_one_write_and_one_append_per_follower() {
     let mut c = three();
     let now = c.now;
-    let batch = (0..64).map(|_| Bytes::from_static(&[7u8; 128]));
+    let batch = (0..64).map(|_| [7u8; 128].to_vec());
     let (first, last) = c.node_mut(N1).propose_batch(now, batch).unwrap();
     assert_eq!(last.0 - first.0, 63);
     let actions: Vec<Action> = core::iter::from_fn(|| c.nodes.get_mut(&N1).unwrap().poll_action()).collect();
@@ -738,6 +738,39 @@ fn a_batch_is_one_write_and_one_append_per_follower() {
     let writes = actions.iter().filter(|a| matches!(a, Action::PersistEntries { .. })).count();
     assert_eq!((sends, writes), (2, 1));
     assert!(matches!(actions.last(), Some(Action::PersistEntries { .. })), "the leader sends before its own write");
+}
+
+#[test]
+fn a_refused_batch_proposes_nothing() {
+    fn limited(id: NodeId) -> Config {
+        let mut cfg = Cluster::test_config(id);
+        cfg.entry_bytes_max = 256;
+        cfg.uncommitted_bytes_max = 1024;
+        cfg
+    }
+    let mut c = Cluster::new(3, limited);
+    c.elect(N1);
+    c.heartbeat();
+    c.drain(N1);
+    let now = c.now;
+    let before = (c.node(N1).last_index(), c.node(N1).last_term());
+    // One oversized entry in the middle refuses the whole batch, even the entries before it.
+    let batch = [vec![1u8; 8], vec![2u8; 8], vec![3u8; 512], vec![4u8; 8]];
+    let refused = c.node_mut(N1).propose_batch(now, batch);
+    assert_eq!(refused, Err(ProposeError::TooLarge { size_bytes: 512 + 24 }));
+    assert_eq!((c.node(N1).last_index(), c.node(N1).last_term()), before);
+    assert_eq!(c.node_mut(N1).poll_action(), None, "a refused batch sends and persists nothing");
+    // Over the uncommitted budget (with something already uncommitted): refused as a whole too.
+    c.isolate(N2);
+    c.isolate(N3);
+    c.node_mut(N1).propose(now, vec![0u8; 200]).unwrap();
+    c.drain(N1);
+    let before = c.node(N1).last_index();
+    let refused = c.node_mut(N1).propose_batch(now, (0..5).map(|_| vec![9u8; 200]));
+    assert_eq!(refused, Err(ProposeError::UncommittedLimit));
+    assert_eq!(c.node(N1).last_index(), before);
+    assert_eq!(c.node_mut(N1).poll_action(), None);
+    c.node(N1).check_invariants();
 }
 
 #[test]
@@ -755,7 +788,7 @@ fn the_inflight_window_bounds_unacknowledged_appends() {
     c.cut.clear();
     let now = c.now;
     for _ in 0..5 {
-        c.node_mut(N1).propose(now, Bytes::from_static(b"p")).unwrap();
+        c.node_mut(N1).propose(now, "p").unwrap();
     }
     let appends_to_n2 = core::iter::from_fn(|| c.nodes.get_mut(&N1).unwrap().poll_action())
         .filter(|a| {
@@ -792,7 +825,7 @@ fn an_append_contradicting_committed_entries_changes_nothing() {
             entries: vec![Entry {
                 term: Term(1),
                 index: LogIndex(2),
-                payload: EntryPayload::Command(Bytes::from_static(b"evil")),
+                payload: EntryPayload::Command(Command::from("evil")),
             }],
             leader_commit: LogIndex(0),
             ctx: 0,
@@ -979,7 +1012,7 @@ fn a_leader_commits_at_once_what_a_shrunken_quorum_already_holds() {
     // Remove n4 (quorum 3 of 4 -> 2 of 3) and, right behind it, propose y.
     let cc_index = c.node_mut(N1).propose_conf_change(now, ConfChange::single(ConfChangeItem::RemoveNode(N4))).unwrap();
     c.drain(N1);
-    let y = c.node_mut(N1).propose(now, Bytes::from_static(b"y")).unwrap();
+    let y = c.node_mut(N1).propose(now, "y").unwrap();
     c.drain(N1);
     // n4 never answers; n3 acknowledges only the removal; n2 acknowledges everything first.
     c.drop_where(|m: &InFlight| m.to == N4 || m.from == N4);
