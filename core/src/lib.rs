@@ -68,6 +68,7 @@ extern crate std;
 
 pub mod machine;
 pub mod raft;
+pub mod replication;
 pub mod swim;
 pub mod time;
 mod types;
