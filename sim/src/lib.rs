@@ -24,5 +24,7 @@ pub mod kv;
 pub mod linearizability;
 pub mod net;
 pub mod raft_sim;
+pub mod repl_cli;
+pub mod repl_sim;
 pub mod swim_cli;
 pub mod swim_sim;

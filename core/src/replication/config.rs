@@ -142,7 +142,7 @@ impl Config {
             sync_bytes_per_sec: 4 << 20,
             sync_burst_bytes: 256 << 10,
             sync_queue_max: 256,
-            sync_window: 4,
+            sync_window: 16,
             merkle_depth: 4,
             tombstone_grace: Duration::from_secs(10),
             collected_ttl: Duration::from_secs(300),

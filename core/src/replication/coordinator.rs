@@ -283,6 +283,8 @@ impl Replica {
         from: NodeId,
         incoming: Option<u64>,
     ) -> u64 {
+        // Stored again: the memory of a collected tombstone has served its purpose.
+        self.forget_collected(id);
         let digest = self.store.put(id, st);
         let holder = if incoming == Some(digest) { Some(from) } else { None };
         self.note_stored(now, id, digest, holder);

@@ -90,16 +90,15 @@ pub enum Message {
         /// The children's hashes.
         children: Vec<u64>,
     },
-    /// Anti-entropy: list your keys and state digests in leaves `first..end`, after `after`.
+    /// Anti-entropy: list your keys and state digests in these leaves (ascending), starting
+    /// after `after` (which lies in the first leaf).
     SyncKeys {
         /// The session.
         session: u64,
         /// The request within it.
         rid: u32,
-        /// First leaf.
-        first: u32,
-        /// End leaf (exclusive).
-        end: u32,
+        /// Leaves, ascending.
+        leaves: Vec<u32>,
         /// Resume after this key.
         after: Option<EntryId>,
     },
@@ -216,7 +215,10 @@ pub fn check(msg: &Message, limits: &Limits) -> Result<(), MessageError> {
             *level < limits.depth && parents.iter().all(|p| u64::from(*p) < 1u64 << (4 * u32::from(*level)))
         }
         Message::SyncTreeReply { children, .. } => children.len() % FANOUT == 0,
-        Message::SyncKeys { first, end, .. } | Message::SyncPullRange { first, end, .. } => leaf_range_ok(*first, *end),
+        Message::SyncKeys { leaves: l, .. } => {
+            !l.is_empty() && l.windows(2).all(|w| w[0] < w[1]) && l.iter().all(|x| u64::from(*x) < leaves)
+        }
+        Message::SyncPullRange { first, end, .. } => leaf_range_ok(*first, *end),
         Message::SyncStates { part, parts, .. } => part < parts,
         _ => true,
     };
@@ -284,10 +286,15 @@ mod tests {
         assert_eq!(check(&tree(1, vec![15]), &limits), Ok(()));
         assert_eq!(check(&tree(1, vec![16]), &limits), Err(MessageError::OutOfRange));
         assert_eq!(check(&tree(2, vec![0]), &limits), Err(MessageError::OutOfRange));
-        let keys = |first, end| Message::SyncKeys { session: 1, rid: 1, first, end, after: None };
-        assert_eq!(check(&keys(0, 256), &limits), Ok(()));
-        assert_eq!(check(&keys(0, 257), &limits), Err(MessageError::OutOfRange));
-        assert_eq!(check(&keys(4, 4), &limits), Err(MessageError::OutOfRange));
+        let keys = |leaves: Vec<u32>| Message::SyncKeys { session: 1, rid: 1, leaves, after: None };
+        assert_eq!(check(&keys(vec![0, 9, 255]), &limits), Ok(()));
+        assert_eq!(check(&keys(vec![256]), &limits), Err(MessageError::OutOfRange));
+        assert_eq!(check(&keys(vec![4, 4]), &limits), Err(MessageError::OutOfRange));
+        assert_eq!(check(&keys(vec![]), &limits), Err(MessageError::OutOfRange));
+        let range = |first, end| Message::SyncPullRange { session: 1, rid: 1, first, end, after: None };
+        assert_eq!(check(&range(0, 256), &limits), Ok(()));
+        assert_eq!(check(&range(3, 3), &limits), Err(MessageError::OutOfRange));
+        assert_eq!(check(&range(0, 257), &limits), Err(MessageError::OutOfRange));
         let odd = Message::SyncTreeReply { session: 1, rid: 1, root: 0, children: vec![0; 17] };
         assert_eq!(check(&odd, &limits), Err(MessageError::OutOfRange));
         let parts = Message::SyncStates { session: 1, rid: 1, part: 2, parts: 2, states: vec![], more: false };

@@ -459,6 +459,9 @@ impl Replica {
         let hlc = HlcClock::new(u64::try_from(cfg.hlc_ahead_max.as_millis()).unwrap_or(u64::MAX));
         let stream = stream::ChangeStream::new(rng.next_u64(), cfg.stream_events_max);
         let jitter = rng.next_u64() % (cfg.sync_interval.as_nanos() as u64).max(1);
+        // A random start, so acknowledgements still in flight from an earlier life of this
+        // replica never match a request of this one (0 stays "untracked").
+        let next_req = (rng.next_u64() >> 2) | 1;
         let mut r = Replica {
             store: Store::new(cfg.merkle_depth),
             tombs: BTreeMap::new(),
@@ -470,7 +473,7 @@ impl Replica {
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
             owners: BTreeMap::new(),
-            next_req: 1,
+            next_req,
             next_ticket: 1,
             sessions: BTreeMap::new(),
             next_session: rng.next_u64() >> 16,
@@ -552,6 +555,11 @@ impl Replica {
     /// Keys stored as tombstones, waiting to be collected.
     pub fn tombstones(&self) -> usize {
         self.store.tombstones()
+    }
+
+    /// The remembered state of a collected tombstone of `id`, while it is remembered.
+    pub fn collected(&self, id: EntryId) -> Option<&KeyState> {
+        self.collected.get(&id).map(|(s, _)| s)
     }
 
     /// The hash tree's root: replicas with equal roots hold the same data.

@@ -269,11 +269,12 @@ impl KeyState {
         versions.iter().map(|v| v.stamp).chain(field_stamps)
     }
 
-    /// True when nothing in the state can ever be visible again: only deletes survive. Such a
-    /// state is a tombstone, kept until every replica has seen it.
+    /// True when nothing in the state can ever be visible again: only deletes survive (or, in
+    /// multi-value mode, nothing does). Such a state is a tombstone, kept until every replica
+    /// has seen it.
     pub fn is_tombstone(&self) -> bool {
         match &self.body {
-            Body::Versions(vs) => !vs.is_empty() && vs.iter().all(|v| v.value.is_none()),
+            Body::Versions(vs) => vs.iter().all(|v| v.value.is_none()),
             Body::Fields(f) => match f.deleted {
                 Some(d) => f.vector.as_ref().is_none_or(|r| r.stamp < d) && f.fields.values().all(|r| r.stamp < d),
                 None => false,
@@ -434,8 +435,10 @@ impl KeyState {
         match (mode, &self.body) {
             (ConflictMode::LastWriteWins | ConflictMode::MultiValue, Body::Versions(vs)) => {
                 let sorted = vs.windows(2).all(|w| w[0].stamp.dot < w[1].stamp.dot);
+                // Multi-value states may be empty: everything seen was replaced by versions
+                // since collected (a tombstone without dots).
                 let count_ok = mode == ConflictMode::MultiValue || vs.len() == 1;
-                if !sorted || !count_ok || vs.is_empty() {
+                if !sorted || !count_ok {
                     return Err(StateError::BadVersions);
                 }
                 if !vs.iter().filter_map(|v| v.value.as_ref()).all(|e| vector_ok(&e.vector) && floats_ok(&e.metadata)) {

@@ -30,7 +30,9 @@ use crate::time::Instant;
 use crate::NodeId;
 
 /// Keys pulled per request.
-const PULL_IDS_MAX: usize = 64;
+const PULL_IDS_MAX: usize = 256;
+/// Leaves listed per key-listing request (so a few requests in flight cover many leaves).
+const LEAVES_PER_LISTING: usize = 128;
 /// Resends of one request before the session is abandoned.
 const TRIES_MAX: u32 = 6;
 
@@ -43,7 +45,7 @@ struct Range {
 
 enum Kind {
     Tree { level: u8, parents: Vec<u32> },
-    Keys(Range),
+    Keys { leaves: Vec<u32>, after: Option<EntryId> },
     Pull { got: Vec<bool> },
     PullRange { range: Range, got: Vec<bool> },
     Push { digests: Vec<(EntryId, u64)> },
@@ -65,7 +67,7 @@ pub(super) struct Session {
     next_rid: u32,
     out: BTreeMap<u32, Req>,
     tree: VecDeque<(u8, u32)>,
-    keys: VecDeque<Range>,
+    keys: VecDeque<(Vec<u32>, Option<EntryId>)>,
     pull_ranges: VecDeque<Range>,
     push_ranges: VecDeque<Range>,
     pull_ids: Vec<EntryId>,
@@ -238,9 +240,9 @@ impl Replica {
                     Message::SyncPullRange { session, rid, first: range.first, end: range.end, after: range.after };
                 return Some((Kind::PullRange { range, got: Vec::new() }, msg));
             }
-            if let Some(range) = s.keys.pop_front() {
-                let msg = Message::SyncKeys { session, rid, first: range.first, end: range.end, after: range.after };
-                return Some((Kind::Keys(range), msg));
+            if let Some((leaves, after)) = s.keys.pop_front() {
+                let msg = Message::SyncKeys { session, rid, leaves: leaves.clone(), after };
+                return Some((Kind::Keys { leaves, after }, msg));
             }
             let &(level, _) = s.tree.front()?;
             let mut parents = Vec::new();
@@ -371,12 +373,12 @@ impl Replica {
                 };
                 self.send_sync(now, from, Message::SyncTreeReply { session, rid, root: mine, children });
             }
-            Message::SyncKeys { session, rid, first, end, after } => {
+            Message::SyncKeys { session, rid, leaves, after } => {
                 let empty = Message::SyncKeysReply { session, rid, keys: Vec::new(), more: false };
                 let mut len = datagram_len(self.cfg.cluster_id, self.cfg.id, &empty) + 2;
                 let mut keys = Vec::new();
                 let mut more = false;
-                for (id, _, digest) in self.store.scan_leaves(first, end, after) {
+                for (id, digest) in self.listing(&leaves, after) {
                     let l = postcard::experimental::serialized_size(&(id, digest)).unwrap_or(usize::MAX / 2);
                     if len + l > max {
                         more = true;
@@ -480,6 +482,7 @@ impl Replica {
         }
         let depth = self.cfg.merkle_depth;
         let child_level = level + 1;
+        let mut leaves = Vec::new();
         for (i, &p) in parents.iter().enumerate() {
             let Some(mine) = self.store.tree().children(level, p).map(|c| c.to_vec()) else { continue };
             for j in 0..FANOUT {
@@ -499,13 +502,26 @@ impl Replica {
                 } else if mine[j] == 0 {
                     s.pull_ranges.push_back(range);
                 } else if child_level >= depth {
-                    s.keys.push_back(range);
+                    leaves.push(first);
                 } else {
                     s.tree.push_back((child_level, c));
                 }
             }
         }
+        for chunk in leaves.chunks(LEAVES_PER_LISTING) {
+            s.keys.push_back((chunk.to_vec(), None));
+        }
         true
+    }
+
+    /// Keys and digests in `leaves` (ascending), in key-hash order, after `after`.
+    fn listing<'a>(&'a self, leaves: &'a [u32], after: Option<EntryId>) -> impl Iterator<Item = (EntryId, u64)> + 'a {
+        let tree = self.store.tree();
+        let start = after.map(|a| tree.leaf_of(key_hash(a)));
+        leaves.iter().filter(move |l| start.is_none_or(|s| **l >= s)).flat_map(move |&leaf| {
+            let from = if Some(leaf) == start { after } else { None };
+            self.store.scan_leaves(leaf, leaf + 1, from).map(|(id, _, d)| (id, d))
+        })
     }
 
     fn on_keys_reply(
@@ -516,16 +532,10 @@ impl Replica {
         keys: Vec<(EntryId, u64)>,
         more: bool,
     ) -> bool {
-        let Some(Req { kind: Kind::Keys(range), .. }) = s.out.get(&rid) else { return false };
-        let range = *range;
-        s.out.remove(&rid);
+        let Some(Req { kind: Kind::Keys { leaves, after }, .. }) = s.out.remove(&rid) else { return false };
         let upto = if more { keys.last().map(|(id, _)| (key_hash(*id), *id)) } else { None };
-        let mine: Vec<(EntryId, u64)> = self
-            .store
-            .scan_leaves(range.first, range.end, range.after)
-            .take_while(|(id, _, _)| upto.is_none_or(|u| (key_hash(*id), *id) <= u))
-            .map(|(id, _, d)| (id, d))
-            .collect();
+        let mine: Vec<(EntryId, u64)> =
+            self.listing(&leaves, after).take_while(|(id, _)| upto.is_none_or(|u| (key_hash(*id), *id) <= u)).collect();
         let order = |id: EntryId| (key_hash(id), id);
         let (mut i, mut j) = (0, 0);
         let peer = s.peer;
@@ -565,7 +575,9 @@ impl Replica {
             s.note_diff(now);
         }
         if let (true, Some((last, _))) = (more, keys.last()) {
-            s.keys.push_front(Range { after: Some(*last), ..range });
+            let from = self.store.tree().leaf_of(key_hash(*last));
+            let rest: Vec<u32> = leaves.into_iter().filter(|l| *l >= from).collect();
+            s.keys.push_front((rest, Some(*last)));
         }
         true
     }

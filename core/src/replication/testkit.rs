@@ -395,7 +395,7 @@ fn describe(from: usize, to: usize, m: &Message) -> Option<String> {
                 format!("sync: {} child hashes", children.len())
             }
         }
-        Message::SyncKeys { first, end, .. } => format!("sync: list keys in leaves {first}..{end}"),
+        Message::SyncKeys { leaves, .. } => format!("sync: list keys in leaves {leaves:?}"),
         Message::SyncKeysReply { keys, more, .. } => {
             format!("sync: {} keys{}", keys.len(), if *more { ", more" } else { "" })
         }

@@ -479,3 +479,23 @@ fn bad_input_is_refused_with_typed_errors() {
         Err(WriteError::TooWide(EntryId(1)))
     );
 }
+
+#[test]
+fn a_restarted_replica_never_reuses_request_numbers() {
+    // An acknowledgement still in flight from an earlier life must not match a new request.
+    let mut net = Net::new(3, MODE);
+    let req_of = |net: &mut Net| {
+        let now = net.now;
+        net.node_mut(0).write(now, EntryId(1), Op::Put(entry(1.0)), None, Consistency::All).unwrap();
+        core::iter::from_fn(|| net.node_mut(0).poll_action()).find_map(|a| match a {
+            Action::Send { message: Message::Write { req, .. }, .. } => Some(req),
+            _ => None,
+        })
+    };
+    let before = req_of(&mut net).unwrap();
+    net.crash(0);
+    net.restart(0);
+    let after = req_of(&mut net).unwrap();
+    assert_ne!(before, after);
+    assert!(after.abs_diff(before) > 1_000_000, "lives start far apart ({before} then {after})");
+}

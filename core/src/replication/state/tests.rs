@@ -162,8 +162,11 @@ fn validation_rejects_what_a_replica_would_never_produce() {
     }
     assert_eq!(twice.validate(m, 8, 4), Err(StateError::BadVersions));
     assert_eq!(twice.validate(m, 8, 1), Err(StateError::TooMany));
+    let lww = ConflictMode::LastWriteWins;
+    assert_eq!(KeyState::empty(lww).validate(lww, 8, 4), Err(StateError::BadVersions));
     let empty = KeyState::empty(m);
-    assert_eq!(empty.validate(m, 8, 4), Err(StateError::BadVersions));
+    assert_eq!(empty.validate(m, 8, 4), Ok(()), "a multi-value state may have replaced everything it saw");
+    assert!(empty.is_tombstone() && empty.visible() == Visible::Absent);
 }
 
 #[test]
