@@ -192,7 +192,7 @@ impl Replica {
         let me = self.cfg.id;
         for (id, st, stamp) in staged {
             self.stats.writes += 1;
-            self.store_state(now, id, st, Origin::Client, me, None);
+            self.store_state(now, id, st, Origin::Client, me, None, None);
             stamps.push((id, stamp));
         }
         let mut ids: Vec<EntryId> = stamps.iter().map(|(id, _)| *id).collect();
@@ -273,7 +273,9 @@ impl Replica {
     }
 
     /// Stores a state, tracks it if it is a tombstone, asks for it to be persisted and records
-    /// it in the change stream. `incoming` is the digest of what `from` sent, if it sent it.
+    /// it in the change stream. `incoming` is the digest of what `from` sent, if it sent it;
+    /// `known` is the digest of `st` itself, if already computed.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn store_state(
         &mut self,
         now: Instant,
@@ -282,10 +284,14 @@ impl Replica {
         origin: Origin,
         from: NodeId,
         incoming: Option<u64>,
+        known: Option<u64>,
     ) -> u64 {
         // Stored again: the memory of a collected tombstone has served its purpose.
         self.forget_collected(id);
-        let digest = self.store.put(id, st);
+        let digest = match known {
+            Some(d) => self.store.put_digested(id, st, d),
+            None => self.store.put(id, st),
+        };
         let holder = if incoming == Some(digest) { Some(from) } else { None };
         self.note_stored(now, id, digest, holder);
         self.persist(super::Durable::Entry { id });
@@ -309,7 +315,7 @@ impl Replica {
         let incoming_digest = state_digest(&incoming);
         let mode = self.cfg.mode;
         let tiebreak = !self.planted(PlantedBug::LwwWithoutNodeTiebreak);
-        let merged = if let Some(local) = self.store.get(id) {
+        let (merged, known) = if let Some(local) = self.store.get(id) {
             let mut m = local.clone();
             let local_digest = self.store.digest(id).unwrap_or(0);
             match m.merge_with(&incoming, mode, tiebreak) {
@@ -328,7 +334,9 @@ impl Replica {
                     }
                 }
             }
-            m
+            // Most merges end at the incoming state itself: its digest is already known.
+            let known = (m == incoming).then_some(incoming_digest);
+            (m, known)
         } else if let Some((memo, _)) = self.collected.get(&id) {
             if memo.clock.descends(&incoming.clock) {
                 self.stats.stale_dropped += 1;
@@ -340,12 +348,12 @@ impl Replica {
                 return Absorbed::Refused;
             }
             self.forget_collected(id);
-            m
+            (m, None)
         } else {
-            incoming
+            (incoming, Some(incoming_digest))
         };
         self.stats.applied += 1;
-        Absorbed::Changed(self.store_state(now, id, merged, origin, from, Some(incoming_digest)))
+        Absorbed::Changed(self.store_state(now, id, merged, origin, from, Some(incoming_digest), known))
     }
 
     /// A replica's side of a write: merge every state, then acknowledge (after the persists).

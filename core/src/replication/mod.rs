@@ -426,7 +426,8 @@ pub struct Replica {
     collected: BTreeMap<EntryId, (KeyState, Instant)>,
     collected_order: BTreeSet<(Instant, EntryId)>,
     hints: BTreeMap<(NodeId, EntryId), Instant>,
-    hint_order: BTreeSet<(Instant, NodeId, EntryId)>,
+    /// The same hints per target, oldest first: counts and ages without a scan.
+    hint_times: BTreeMap<NodeId, BTreeSet<(Instant, EntryId)>>,
     next_hint_retry: Instant,
     writes: BTreeMap<u64, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
@@ -468,7 +469,7 @@ impl Replica {
             collected: BTreeMap::new(),
             collected_order: BTreeSet::new(),
             hints: BTreeMap::new(),
-            hint_order: BTreeSet::new(),
+            hint_times: BTreeMap::new(),
             next_hint_retry: now.saturating_add(cfg.hint_retry_interval),
             writes: BTreeMap::new(),
             reads: BTreeMap::new(),
@@ -502,7 +503,7 @@ impl Replica {
         for (target, id) in recovered.hints {
             if r.cfg.replicas.contains(&target) && target != r.cfg.id {
                 r.hints.insert((target, id), now);
-                r.hint_order.insert((now, target, id));
+                r.hint_times.entry(target).or_default().insert((now, id));
             }
         }
         r.reserve_counters();
@@ -574,7 +575,7 @@ impl Replica {
 
     /// Hints waiting for `target`.
     pub fn hints_for(&self, target: NodeId) -> usize {
-        self.hints.range((target, EntryId(0))..=(target, EntryId(u64::MAX))).count()
+        self.hint_times.get(&target).map_or(0, BTreeSet::len)
     }
 
     /// All hints waiting.
@@ -595,12 +596,9 @@ impl Replica {
     /// How far `peer` is behind, as known here (`None` if it is not a peer replica).
     pub fn lag(&self, now: Instant, peer: NodeId) -> Option<Lag> {
         self.peers.get(&peer)?;
-        let mut entries = 0u64;
-        let mut oldest: Option<Instant> = None;
-        for (&(_, _), &at) in self.hints.range((peer, EntryId(0))..=(peer, EntryId(u64::MAX))) {
-            entries += 1;
-            oldest = Some(oldest.map_or(at, |o| o.min(at)));
-        }
+        let hinted = self.hint_times.get(&peer);
+        let mut entries = hinted.map_or(0, |h| h.len() as u64);
+        let mut oldest: Option<Instant> = hinted.and_then(|h| h.first()).map(|(at, _)| *at);
         if let Some(s) = self.sessions.get(&peer) {
             let pending = s.pending_pushes();
             if pending > 0 {
@@ -1007,7 +1005,7 @@ impl Machine for Replica {
         }
         assert_eq!(self.collected.len(), self.collected_order.len());
         assert!(self.collected.len() <= self.cfg.collected_max);
-        assert_eq!(self.hints.len(), self.hint_order.len());
+        assert_eq!(self.hints.len(), self.hint_times.values().map(BTreeSet::len).sum::<usize>());
         assert!(self.hints.len() <= self.cfg.hints_max, "hints over their bound");
         for p in self.peers.values() {
             assert!(p.outbox.len() <= self.cfg.sync_queue_max, "sync queue over its bound");

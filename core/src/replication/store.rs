@@ -75,8 +75,14 @@ impl Store {
 
     /// Stores `state` for `id`, replacing what was there; returns the new digest.
     pub fn put(&mut self, id: EntryId, state: KeyState) -> u64 {
-        let key = Key::of(id);
         let digest = state_digest(&state);
+        self.put_digested(id, state, digest)
+    }
+
+    /// [`Store::put`] with the state's digest already known (it must be
+    /// [`state_digest`] of `state`; the invariant check verifies it).
+    pub fn put_digested(&mut self, id: EntryId, state: KeyState, digest: u64) -> u64 {
+        let key = Key::of(id);
         let tomb = state.is_tombstone();
         if let Some(old) = self.map.get_mut(&key) {
             self.tree.remove(key.hash, contribution(key.hash, old.digest));

@@ -166,13 +166,14 @@ impl Replica {
             return;
         }
         if self.hints.len() >= self.cfg.hints_max {
-            if let Some(&(_, t, old)) = self.hint_order.first() {
+            let oldest = self.hint_times.iter().filter_map(|(t, h)| h.first().map(|&(at, id)| (at, *t, id))).min();
+            if let Some((_, t, old)) = oldest {
                 self.drop_hint(t, old);
                 self.stats.hints_dropped += 1;
             }
         }
         self.hints.insert((target, id), now);
-        self.hint_order.insert((now, target, id));
+        self.hint_times.entry(target).or_default().insert((now, id));
         self.stats.hints_stored += 1;
         self.persist(Durable::Hint { target, id });
     }
@@ -180,7 +181,12 @@ impl Replica {
     /// Forgets a hint (durably).
     pub(super) fn drop_hint(&mut self, target: NodeId, id: EntryId) {
         if let Some(at) = self.hints.remove(&(target, id)) {
-            self.hint_order.remove(&(at, target, id));
+            if let Some(h) = self.hint_times.get_mut(&target) {
+                h.remove(&(at, id));
+                if h.is_empty() {
+                    self.hint_times.remove(&target);
+                }
+            }
             self.persist(Durable::HintDone { target, id });
         }
     }
@@ -188,16 +194,15 @@ impl Replica {
     /// Offers hints to their replicas: a batch to those that answer, one to those that do not
     /// (a probe, so a returning replica is noticed without a flood).
     pub(super) fn retry_hints(&mut self, now: Instant) {
-        let mut targets: Vec<NodeId> = self.hints.keys().map(|(t, _)| *t).collect();
-        targets.dedup();
+        let targets: Vec<NodeId> = self.hint_times.keys().copied().collect();
         for t in targets {
             self.owners.retain(|_, o| !matches!(o, Owner::Hint { target, .. } if *target == t));
             let answering = self.peers.get(&t).is_some_and(|p| {
                 p.awaiting_since.is_none_or(|a| now.saturating_duration_since(a) < self.cfg.down_after)
             });
             let n = if answering { self.cfg.hints_per_retry } else { 1 };
-            let ids: Vec<EntryId> =
-                self.hints.range((t, EntryId(0))..=(t, EntryId(u64::MAX))).take(n).map(|(&(_, id), _)| id).collect();
+            // Oldest first.
+            let ids: Vec<EntryId> = self.hint_times.get(&t).into_iter().flatten().take(n).map(|&(_, id)| id).collect();
             let mut states = Vec::with_capacity(ids.len());
             for id in ids {
                 match self.store.get(id) {
