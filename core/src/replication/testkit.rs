@@ -100,6 +100,7 @@ pub struct Net {
     queue: BTreeMap<(Instant, u64), (usize, usize, Vec<u8>)>,
     seq: u64,
     lives: u64,
+    cursors: Vec<Option<super::Cursor>>,
 }
 
 impl Net {
@@ -132,6 +133,7 @@ impl Net {
             queue: BTreeMap::new(),
             seq: 0,
             lives: 0,
+            cursors: vec![None; n],
         };
         net.drain();
         net
@@ -162,6 +164,33 @@ impl Net {
             if let Some(r) = self.nodes[i].as_ref() {
                 r.check_invariants();
             }
+            self.note_changes(i);
+        }
+    }
+
+    /// Notes what the change stream says happened besides client writes and routine syncs:
+    /// repairs, hinted and synced entries, conflicts, resolutions, collections.
+    fn note_changes(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].as_ref() else { return };
+        let cursor = self.cursors[i].filter(|c| c.stream == r.stream_start().stream).unwrap_or(r.stream_start());
+        let Ok((events, next)) = r.read_stream(cursor, usize::MAX) else { return };
+        self.cursors[i] = Some(next);
+        for e in events {
+            let line = match e.change {
+                super::Change::Applied { id: key, origin, from, .. } => match origin {
+                    Origin::Client => continue,
+                    Origin::Repair => format!("e{} repaired (from {from})", key.0),
+                    Origin::Hint => format!("e{} handed off (from {from})", key.0),
+                    Origin::Sync => format!("e{} synced from {from}", key.0),
+                },
+                super::Change::Conflict { id: key, resolution } => format!("conflict on e{}: {resolution:?}", key.0),
+                super::Change::Resolved { id: key, siblings, .. } => {
+                    format!("resolved {siblings} siblings of e{}", key.0)
+                }
+                super::Change::Collected { id: key } => format!("collected the tombstone of e{}", key.0),
+                super::Change::Synced { .. } => continue,
+            };
+            self.note(&format!("{}: {line}", id(i)));
         }
     }
 
@@ -365,6 +394,14 @@ fn decode(bytes: &[u8]) -> Option<Message> {
     wire::decode::<Message>(bytes, CLUSTER, LIMIT).ok().map(|e| e.body)
 }
 
+fn part_label(part: u16) -> String {
+    if part == 0 {
+        String::new()
+    } else {
+        format!(" (part {})", part + 1)
+    }
+}
+
 fn keys(states: &[(EntryId, KeyState)]) -> String {
     let ids: Vec<String> = states.iter().map(|(id, _)| format!("e{}", id.0)).collect();
     ids.join(",")
@@ -380,9 +417,10 @@ fn describe(from: usize, to: usize, m: &Message) -> Option<String> {
                 Origin::Hint => "hinted write",
                 Origin::Sync => "sync push",
             };
-            format!("{o} #{req}.{part} [{}]", keys(states))
+            let _ = req;
+            format!("{o}{} [{}]", part_label(*part), keys(states))
         }
-        Message::WriteAck { req, part } => format!("ack #{req}.{part}"),
+        Message::WriteAck { part, .. } => format!("ack{}", part_label(*part)),
         Message::Read { id, .. } => format!("read e{}", id.0),
         Message::ReadReply { id, state, .. } => {
             format!("read reply e{}: {}", id.0, state.as_ref().map_or("none".into(), |s| visible_line(&s.visible())))
