@@ -181,6 +181,20 @@ pub fn summary(a: &ReplArgs, reports: &[ReplReport]) -> String {
     format!("replication: {seeds} violations={violations} lost_acked={lost} converged={converged} trace={trace:016x}")
 }
 
+/// What Quorum and All writes cost once the network is healed: how many were acknowledged
+/// within one round trip (two of the healed network's largest one-way delays), and the slowest.
+pub fn round_trips(reports: &[ReplReport]) -> String {
+    let acked: u64 = reports.iter().map(|r| r.stats.healed_strong_acked).sum();
+    let one: u64 = reports.iter().map(|r| r.stats.healed_one_round_trip).sum();
+    let max = reports.iter().map(|r| r.stats.healed_ack_max_ns).max().unwrap_or(0);
+    let bound = 2 * crate::net::LinkModel::default().delay_max_ns;
+    format!(
+        "strong writes after healing: acknowledged={acked} within_one_round_trip={one} (<= {} ms) slowest_ms={:.1}",
+        bound / 1_000_000,
+        max as f64 / 1e6
+    )
+}
+
 /// Runs `quorate-sim replication`; returns the exit status.
 pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     if args.iter().any(|a| a == "-h" || a == "--help") {
@@ -216,6 +230,7 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             let _ = writeln!(err, "seed={} mode={:?} converged={} {:?}", r.seed, r.mode, r.converged, r.stats);
         }
     }
+    let _ = writeln!(out, "{}", round_trips(&reports));
     let _ = writeln!(out, "{}", summary(&a, &reports));
     if reports.iter().any(|r| r.violation.is_some()) {
         1

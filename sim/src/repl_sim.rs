@@ -145,6 +145,13 @@ pub struct ReplStats {
     pub resolved: u64,
     /// When all digests last became equal (virtual ns), if they did.
     pub converged_at_ns: Option<u64>,
+    /// Writes at Quorum or All begun after healing (fault-free network) and acknowledged.
+    pub healed_strong_acked: u64,
+    /// Of those, acknowledged within one round trip: no later than two of the healed
+    /// network's largest one-way delays after they began (a resend would come 100 ms later).
+    pub healed_one_round_trip: u64,
+    /// The slowest of those acknowledgements (virtual ns after the write began).
+    pub healed_ack_max_ns: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -693,6 +700,13 @@ impl World {
                     rec.acked_at = self.now;
                 }
                 self.check_acknowledgement(&op, acked);
+                if strong && self.healed_at.is_some_and(|h| op.invoked >= h) {
+                    // The network is fault-free now: a strong write should cost one round trip.
+                    let took = self.now - op.invoked;
+                    self.stats.healed_strong_acked += 1;
+                    self.stats.healed_one_round_trip += u64::from(took <= 2 * LinkModel::default().delay_max_ns);
+                    self.stats.healed_ack_max_ns = self.stats.healed_ack_max_ns.max(took);
+                }
                 if strong {
                     self.stats.acked_strong += op.writes.len() as u64;
                 } else if !acked {

@@ -2,7 +2,7 @@
 //! the exercise the sweep must give the replicas, and proof that the checks catch planted bugs.
 
 use quorate_core::replication::ConflictMode;
-use quorate_sim::repl_cli::{combined_trace, parse, run_seeds, summary};
+use quorate_sim::repl_cli::{combined_trace, parse, round_trips, run_seeds, summary};
 use quorate_sim::repl_sim::{run, ReplSimConfig};
 
 fn args(s: &str) -> Vec<String> {
@@ -36,6 +36,11 @@ fn sweep_150_seeds_with_every_fault_finds_no_violation() {
     assert!(sum(|s| s.collected) > 50, "tombstones collected: {}", sum(|s| s.collected));
     assert!(sum(|s| s.conflicts) > 150, "conflicts settled: {}", sum(|s| s.conflicts));
     assert!(sum(|s| s.resolved) > 50, "siblings resolved: {}", sum(|s| s.resolved));
+    // Once the network is healed, a Quorum or All write costs one round trip: no extra phase,
+    // no resend (which would come 100 ms later).
+    let healed = sum(|s| s.healed_strong_acked);
+    assert!(healed > 150 * 10, "strong writes after healing: {healed}");
+    assert_eq!(sum(|s| s.healed_one_round_trip), healed, "{}", round_trips(&reports));
     let mv: Vec<_> = reports.iter().filter(|r| r.mode == Some(ConflictMode::MultiValue)).collect();
     assert!(mv.len() > 20 && mv.iter().map(|r| r.stats.sibling_reads).sum::<u64>() > 100, "siblings surfaced on read");
     for mode in [ConflictMode::LastWriteWins, ConflictMode::CrdtMap] {
