@@ -75,10 +75,9 @@ fn message() -> impl Strategy<Value = Message> {
                 more
             }
         ),
-        (wild(), 0u32..4, proptest::collection::vec(0u64..8, 0..4)).prop_map(|(session, rid, ids)| Message::SyncPull {
-            session,
-            rid,
-            ids: ids.into_iter().map(EntryId).collect()
+        (wild(), 0u32..4, proptest::collection::vec((0u64..8, state()), 0..4)).prop_map(|(session, rid, ids)| {
+            // The clock of a (possibly forged) state: canonical or not, dominating or not.
+            Message::SyncPull { session, rid, ids: ids.into_iter().map(|(k, s)| (EntryId(k), s.clock)).collect() }
         }),
         (wild(), 0u32..4, 0u32..20, 0u32..20, proptest::option::of(0u64..8)).prop_map(
             |(session, rid, first, end, after)| Message::SyncPullRange {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merkle::FANOUT;
 use super::state::{EntryId, KeyState, StateError};
+use super::version::VersionVector;
 use crate::wire::{self, Envelope, WireError, HEADER_BYTES};
 use crate::NodeId;
 
@@ -114,14 +115,16 @@ pub enum Message {
         /// True if more keys follow the last one listed.
         more: bool,
     },
-    /// Anti-entropy: send me your states of these keys.
+    /// Anti-entropy: send me your states of these keys, unless my clock of a key (empty if I
+    /// lack it) strictly dominates yours: then leave it out and I push mine instead, so a
+    /// change crosses once, not as your old state out and my new one back.
     SyncPull {
         /// The session.
         session: u64,
         /// The request within it.
         rid: u32,
-        /// The keys.
-        ids: Vec<EntryId>,
+        /// The keys, each with the initiator's clock of it.
+        ids: Vec<(EntryId, VersionVector)>,
     },
     /// Anti-entropy: send me your states in leaves `first..end` after `after`, one datagram's
     /// worth.
@@ -218,6 +221,12 @@ pub fn check(msg: &Message, limits: &Limits) -> Result<(), MessageError> {
         Message::SyncKeys { leaves: l, .. } => {
             !l.is_empty() && l.windows(2).all(|w| w[0] < w[1]) && l.iter().all(|x| u64::from(*x) < leaves)
         }
+        Message::SyncPull { ids, .. } => {
+            if ids.iter().any(|(_, clock)| clock.validate().is_err()) {
+                return Err(MessageError::State(StateError::BadClock));
+            }
+            true
+        }
         Message::SyncPullRange { first, end, .. } => leaf_range_ok(*first, *end),
         Message::SyncStates { part, parts, .. } => part < parts,
         _ => true,
@@ -299,5 +308,17 @@ mod tests {
         assert_eq!(check(&odd, &limits), Err(MessageError::OutOfRange));
         let parts = Message::SyncStates { session: 1, rid: 1, part: 2, parts: 2, states: vec![], more: false };
         assert_eq!(check(&parts, &limits), Err(MessageError::OutOfRange));
+        let actor = |n| crate::replication::Actor { node: NodeId(n), life: 0 };
+        let pull = |pairs: Vec<(u64, u64)>| {
+            let clock: VersionVector = postcard::from_bytes(
+                &postcard::to_allocvec(&pairs.iter().map(|&(n, c)| (actor(n), c)).collect::<Vec<_>>()).unwrap(),
+            )
+            .unwrap();
+            Message::SyncPull { session: 1, rid: 1, ids: vec![(EntryId(1), clock)] }
+        };
+        assert_eq!(check(&pull(vec![(1, 3), (2, 1)]), &limits), Ok(()));
+        assert_eq!(check(&pull(vec![]), &limits), Ok(()));
+        assert_eq!(check(&pull(vec![(2, 1), (1, 3)]), &limits), Err(MessageError::State(StateError::BadClock)));
+        assert_eq!(check(&pull(vec![(1, 0)]), &limits), Err(MessageError::State(StateError::BadClock)));
     }
 }

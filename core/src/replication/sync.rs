@@ -9,8 +9,11 @@
 //! 2. where a whole subtree is empty on one side, skips the descent and pushes or pulls the
 //!    range (this is how an empty replica bootstraps);
 //! 3. at the leaves, lists the peer's keys and digests, and compares them with its own;
-//! 4. pulls the peer's states of keys that differ, merges them, and pushes back every merged
-//!    state that differs from the peer's (and its own states of keys the peer lacks).
+//! 4. pulls the peer's states of keys that differ, naming its own clock of each: the peer
+//!    leaves out the states that clock strictly dominates, and the initiator pushes its own of
+//!    those instead; it merges what it got, and pushes back every merged state that differs
+//!    from the peer's (and its own states of keys the peer lacks). So a change made on one
+//!    side crosses once, whichever side starts the session.
 //!
 //! Every request is resent (with doubling delay) until answered, or the session is abandoned
 //! when it makes no progress for `sync_timeout`; the next session redoes what is left.
@@ -25,6 +28,7 @@ use super::message::{datagram_len, Message, Origin};
 use super::state::{state_digest, EntryId, KeyState};
 use super::store::key_hash;
 use super::upkeep::Owner;
+use super::version::Causality;
 use super::{Change, Event, Replica};
 use crate::time::Instant;
 use crate::NodeId;
@@ -44,11 +48,27 @@ struct Range {
 }
 
 enum Kind {
-    Tree { level: u8, parents: Vec<u32> },
-    Keys { leaves: Vec<u32>, after: Option<EntryId> },
-    Pull { got: Vec<bool> },
-    PullRange { range: Range, got: Vec<bool> },
-    Push { digests: Vec<(EntryId, u64)> },
+    Tree {
+        level: u8,
+        parents: Vec<u32>,
+    },
+    Keys {
+        leaves: Vec<u32>,
+        after: Option<EntryId>,
+    },
+    /// `ids` asked for, `returned` so far: what the peer left out is behind, and is pushed.
+    Pull {
+        ids: Vec<EntryId>,
+        returned: BTreeSet<EntryId>,
+        got: Vec<bool>,
+    },
+    PullRange {
+        range: Range,
+        got: Vec<bool>,
+    },
+    Push {
+        digests: Vec<(EntryId, u64)>,
+    },
 }
 
 struct Req {
@@ -231,9 +251,24 @@ impl Replica {
                 }
             }
             if !s.pull_ids.is_empty() {
-                let n = s.pull_ids.len().min(PULL_IDS_MAX);
-                let ids: Vec<EntryId> = s.pull_ids.drain(..n).collect();
-                return Some((Kind::Pull { got: Vec::new() }, Message::SyncPull { session, rid, ids }));
+                // As many as fit one datagram with their clocks (at least one: a clock is
+                // bounded by the replica set, far below a datagram).
+                let empty = Message::SyncPull { session, rid, ids: Vec::new() };
+                let mut len = datagram_len(self.cfg.cluster_id, self.cfg.id, &empty) + 2;
+                let mut ids = Vec::new();
+                for &id in s.pull_ids.iter().take(PULL_IDS_MAX) {
+                    let clock = self.store.get(id).map(|st| st.clock.clone()).unwrap_or_default();
+                    let l = postcard::experimental::serialized_size(&(id, &clock)).unwrap_or(usize::MAX / 2);
+                    if len + l > self.cfg.datagram_bytes_max && !ids.is_empty() {
+                        break;
+                    }
+                    len += l;
+                    ids.push((id, clock));
+                }
+                s.pull_ids.drain(..ids.len());
+                let asked = ids.iter().map(|(id, _)| *id).collect();
+                let kind = Kind::Pull { ids: asked, returned: BTreeSet::new(), got: Vec::new() };
+                return Some((kind, Message::SyncPull { session, rid, ids }));
             }
             if let Some(range) = s.pull_ranges.pop_front() {
                 let msg =
@@ -390,8 +425,13 @@ impl Replica {
                 self.send_sync(now, from, Message::SyncKeysReply { session, rid, keys, more });
             }
             Message::SyncPull { session, rid, ids } => {
-                let states: Vec<(EntryId, KeyState)> =
-                    ids.iter().filter_map(|id| self.store.get(*id).map(|s| (*id, s.clone()))).collect();
+                // A state the initiator's clock strictly dominates is behind: it pushes instead.
+                let states: Vec<(EntryId, KeyState)> = ids
+                    .iter()
+                    .filter_map(|(id, theirs)| self.store.get(*id).map(|s| (*id, s, theirs)))
+                    .filter(|(_, s, theirs)| s.clock.compare(theirs) != Causality::Before)
+                    .map(|(id, s, _)| (id, s.clone()))
+                    .collect();
                 let mut parts = self.pack(states, |part, states| Message::SyncStates {
                     session,
                     rid,
@@ -594,9 +634,9 @@ impl Replica {
         more: bool,
     ) -> bool {
         let Some(req) = s.out.get_mut(&rid) else { return false };
-        let (got, range) = match &mut req.kind {
-            Kind::Pull { got } => (got, None),
-            Kind::PullRange { range, got } => (got, Some(*range)),
+        let (got, range, returned) = match &mut req.kind {
+            Kind::Pull { got, returned, .. } => (got, None, Some(returned)),
+            Kind::PullRange { range, got } => (got, Some(*range), None),
             _ => return false,
         };
         if got.is_empty() {
@@ -607,6 +647,9 @@ impl Replica {
         }
         got[usize::from(part)] = true;
         let finished = got.iter().all(|g| *g);
+        if let Some(r) = returned {
+            r.extend(states.iter().map(|(id, _)| *id));
+        }
         let last = states.last().map(|(id, _)| *id);
         let peer = s.peer;
         for (id, st) in states {
@@ -625,8 +668,14 @@ impl Replica {
             }
         }
         if finished {
-            s.out.remove(&rid);
-            if let (Some(range), true, Some(last)) = (range, more, last) {
+            if let Some(Req { kind: Kind::Pull { ids, returned, .. }, .. }) = s.out.remove(&rid) {
+                // Left out: the peer's state is behind ours (or gone); ours goes to it.
+                for id in ids {
+                    if !returned.contains(&id) && self.store.get(id).is_some() {
+                        s.push_ids.insert(id);
+                    }
+                }
+            } else if let (Some(range), true, Some(last)) = (range, more, last) {
                 s.pull_ranges.push_front(Range { after: Some(last), ..range });
             }
         }

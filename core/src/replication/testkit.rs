@@ -438,7 +438,7 @@ fn describe(from: usize, to: usize, m: &Message) -> Option<String> {
             format!("sync: {} keys{}", keys.len(), if *more { ", more" } else { "" })
         }
         Message::SyncPull { ids, .. } => {
-            let ids: Vec<String> = ids.iter().map(|id| format!("e{}", id.0)).collect();
+            let ids: Vec<String> = ids.iter().map(|(id, _)| format!("e{}", id.0)).collect();
             format!("sync: pull [{}]", ids.join(","))
         }
         Message::SyncPullRange { first, end, .. } => format!("sync: pull leaves {first}..{end}"),

@@ -170,6 +170,56 @@ fn anti_entropy_syncs_only_what_differs() {
     assert!(sync_bytes * 4 < everything, "{sync_bytes} sync bytes to fix 3 of 200 entries ({everything} bytes in all)");
 }
 
+/// Whichever side starts the session, a change crosses once: the changed side's pull names its
+/// clocks, so the peer leaves its older states out and the changed side pushes; the stale side
+/// pulls the new states and has nothing to push back.
+#[test]
+fn a_change_crosses_once_whichever_side_starts() {
+    let cfg = |i| {
+        let mut c = config(i, 2, MODE);
+        c.merkle_depth = 2;
+        c.sync_interval = secs(3600);
+        c.hint_retry_interval = secs(3600);
+        c
+    };
+    for changed_starts in [true, false] {
+        let mut net = Net::with(2, cfg);
+        for k in 0..100 {
+            net.write(0, k, Op::Put(entry(k as f32)), None, Consistency::All);
+            net.run_for(Duration::from_millis(2));
+        }
+        net.isolate(1);
+        let changed = [4u64, 40, 90];
+        for k in changed {
+            net.write(0, k, Op::Put(entry(-1.0)), None, Consistency::One);
+        }
+        net.run_for(secs(2));
+        net.heal();
+        net.quiet_sync = false;
+        net.transcript.clear();
+        let (from, to) = if changed_starts { (0, 1) } else { (1, 0) };
+        let now = net.now;
+        net.node_mut(from).force_sync(now, id(to)).unwrap();
+        net.drain();
+        net.run_for(secs(1));
+        assert!(net.converged(), "changed side starts: {changed_starts}\n{}", net.transcript);
+        for k in changed {
+            assert_eq!(visible(&net, 1, k), Some(Visible::One(entry(-1.0))));
+        }
+        // Only n1's new states travel, exactly once each; n2's old ones never do.
+        let carried: Vec<&str> =
+            net.transcript.lines().filter(|l| l.contains("sync: states [e") || l.contains("sync push")).collect();
+        assert!(carried.iter().all(|l| l.contains("n1 -> n2")), "{}", net.transcript);
+        let mut sent: Vec<u64> = carried
+            .iter()
+            .flat_map(|l| l.rsplit('[').next().unwrap_or("").trim_end_matches(']').split(','))
+            .map(|k| k.trim_start_matches('e').parse::<u64>().unwrap())
+            .collect();
+        sent.sort_unstable();
+        assert_eq!(sent, changed, "{}", net.transcript);
+    }
+}
+
 #[test]
 fn tombstones_are_collected_once_every_replica_saw_them() {
     let mut net = Net::new(3, MODE);
