@@ -376,6 +376,12 @@ fn sync_traffic_stays_within_the_throttle() {
     net.heal();
     let start = net.now;
     let before = net.delivered[1].1;
+    net.run_for(Duration::from_millis(300));
+    assert!(net.node(0).is_syncing(id(1)) || net.node(1).is_syncing(id(0)), "sync is held back by the throttle");
+    // Production traffic is never queued behind it: a write at All still costs one round trip.
+    let w = net.write(0, 1000, Op::Put(entry(9.0)), None, Consistency::All);
+    net.run_for(Duration::from_millis(2));
+    assert_eq!(net.write_done(0, w.ticket), Some(true), "a client write waited behind sync");
     assert!(net.run_until(secs(60), |n| n.converged()), "converges under the throttle");
     let elapsed = net.now.saturating_duration_since(start).as_secs_f64();
     let bytes = (net.delivered[1].1 - before) as f64;
