@@ -102,6 +102,7 @@ impl Client {
             .ok_or_else(|| ClientError::Refused("request too large".into()))?;
         let start = tokio::time::Instant::now();
         let mut wait = self.attempt_timeout;
+        let mut retries = 0u32;
         loop {
             if start.elapsed() >= self.deadline {
                 return Err(ClientError::Timeout(self.deadline));
@@ -120,6 +121,11 @@ impl Client {
                     sys::sleep(Duration::from_millis(50)).await;
                 }
                 Some(Reply::Retry(_)) => {
+                    // A node that keeps asking for a retry may be cut off: try another.
+                    retries += 1;
+                    if retries % 4 == 0 && self.pinned.is_none() {
+                        self.forget_leader();
+                    }
                     sys::sleep(Duration::from_millis(20)).await;
                 }
                 Some(reply) => return Ok(reply),

@@ -496,6 +496,11 @@ impl<V: Vfs> Node<V> {
                     self.proposals.push((from, req, op, now));
                 }
             }
+            Op::Get { .. } | Op::List { .. } if !self.raft.membership().is_member(self.me) => {
+                // A node outside the membership hears no leader: send the client elsewhere.
+                let reply = self.not_leader();
+                self.reply(from, &req, reply, now, now);
+            }
             Op::Get { .. } | Op::List { .. } => {
                 self.next_read_id += 1;
                 let id = self.next_read_id;
