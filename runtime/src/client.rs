@@ -61,7 +61,7 @@ impl Client {
         }
         let bind: SocketAddr = if nodes[0].is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let socket = UdpSocket::bind(bind).await?;
+        let socket = sys::bind_udp(bind).await?;
         Ok(Client {
             socket,
             transport: Transport::new(key, TransportLimits::default(), client_id.rotate_left(32)),

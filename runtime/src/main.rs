@@ -282,8 +282,7 @@ async fn run_node(path: PathBuf) -> Result<ExitCode, Failure> {
             }
         });
     }
-    let socket =
-        sys::UdpSocket::bind(cfg.listen).await.map_err(|e| format!("config field `listen` ({}): {e}", cfg.listen))?;
+    let socket = sys::bind_udp(cfg.listen).await.map_err(|e| format!("config field `listen` ({}): {e}", cfg.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     sys::spawn(async move {
         sys::shutdown_signal().await;

@@ -207,6 +207,9 @@ fn raft_config(cfg: &NodeConfig) -> raft::Config {
     rc.append_bytes_max = cfg.raft.append_bytes_max;
     rc.entry_bytes_max = (cfg.limits.value_bytes_max as u64).saturating_add(2 * protocol::KEY_BYTES_MAX as u64 + 256);
     rc.snapshot_chunk_bytes = 64 << 10;
+    // What one follower may have in flight must fit the socket buffers, or a burst is lost
+    // and costs a probe round.
+    rc.inflight_bytes_max = (sys::SOCKET_BUFFER_BYTES / 2) as u64;
     rc
 }
 
@@ -228,7 +231,7 @@ fn swim_config(cfg: &NodeConfig, cluster_id: u64) -> swim::Config {
 
 /// Runs a node until `stop` fires (then leaves gracefully) or storage fails.
 pub async fn run<V: Vfs>(vfs: V, opts: NodeOptions, stop: StopSignal) -> Result<(), NodeError> {
-    let socket = UdpSocket::bind(opts.config.listen)
+    let socket = sys::bind_udp(opts.config.listen)
         .await
         .map_err(|source| NodeError::Socket { addr: opts.config.listen, source })?;
     run_on(vfs, opts, Arc::new(socket), stop, Metrics::new()).await

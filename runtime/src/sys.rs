@@ -13,6 +13,29 @@ use quorate_core::Instant;
 
 pub use tokio::net::UdpSocket;
 
+/// Bytes asked of the OS for each socket buffer: bursts of fragments (a large append, a
+/// snapshot chunk) must not overflow the default (~200 KiB on Linux) and cost retransmits.
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds a UDP socket with large send and receive buffers (the OS may grant less).
+pub async fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    #[cfg(not(madsim))]
+    {
+        let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        // Best effort: a smaller buffer only costs retransmits under bursts.
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        s.bind(&addr.into())?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s.into())
+    }
+    #[cfg(madsim)]
+    {
+        UdpSocket::bind(addr).await
+    }
+}
+
 /// Sends one datagram. (madsim's `send_to` takes the address first and returns no length.)
 pub async fn send_to(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
     #[cfg(not(madsim))]
