@@ -222,7 +222,9 @@ impl Conn {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // A node is one loop: on a current-thread runtime the loop also polls the sockets, so a
+    // datagram never needs a cross-thread wake-up; file IO runs on the blocking pool.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
