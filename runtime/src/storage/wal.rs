@@ -454,6 +454,26 @@ mod tests {
         assert_eq!(state.entries.last().map(|e| e.index), Some(LogIndex(60)));
     }
 
+    #[test]
+    fn entries_after_an_installed_snapshot_survive_the_marker_repeated_at_a_segment_head() {
+        let vfs = SimVfs::new(1, SimFaults::default());
+        let (mut wal, _, _) = open(&vfs);
+        wal.append_entries(LogIndex(1), &[entry(1, 1), entry(2, 1)]).unwrap();
+        // A leader's snapshot at 30 replaces the whole log; entries after it follow.
+        wal.append_snapshot_marker(LogIndex(30), Term(3)).unwrap();
+        wal.sync().unwrap();
+        for i in 31..=150 {
+            wal.append_entries(LogIndex(i), &[entry(i, 3)]).unwrap();
+            wal.sync().unwrap();
+        }
+        assert!(wal.segment_count() >= 3, "the marker was repeated at later segment heads");
+        drop(wal);
+        let (_, state, _) = open(&vfs);
+        assert_eq!(state.snapshot, Some((LogIndex(30), Term(3))));
+        assert_eq!(state.entries.first().map(|e| e.index), Some(LogIndex(31)));
+        assert_eq!(state.entries.len(), 120);
+    }
+
     /// A log of `n` synced single-entry records, and the byte offset where each record ends.
     fn written(n: u64) -> (SimVfs, Vec<usize>) {
         let vfs = SimVfs::new(1, SimFaults::default());
