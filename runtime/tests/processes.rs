@@ -176,3 +176,33 @@ async fn a_node_is_added_and_another_removed_while_clients_write() {
     assert!(!voters.contains(&(victim as u64 + 1)), "the removed node is not: {voters:?}");
     wait_caught_up(&c, &mut admin, new, Duration::from_secs(15)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_over_and_leaves_gracefully() {
+    let mut c = Cluster::create(exe(), 3, "term").unwrap();
+    for i in 0..3 {
+        c.start(i).unwrap();
+    }
+    let mut admin = c.client(1).await.unwrap();
+    let (leader, before) = c.wait_for_leader(&mut admin, Duration::from_secs(15)).await.expect("a leader");
+    // Let SWIM see everyone alive first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acked: Acked = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let after = Arc::new(After::default());
+    let writers = start_writers(&c, 2, acked.clone(), stop.clone(), after.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(c.terminate(leader, Duration::from_secs(10)), "the leader exits on SIGTERM");
+    after.marked.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer finished");
+    }
+    assert!(after.writes.load(std::sync::atomic::Ordering::Relaxed) > 5, "writes go on under the new leader");
+    check_all_readable(&c, &acked).await;
+    let (_, now) = c.wait_for_leader(&mut admin, Duration::from_secs(5)).await.expect("a new leader");
+    assert!(now.term > before.term);
+    let gone = now.members.iter().find(|m| m.id.0 == leader as u64 + 1).expect("still a Raft member");
+    assert_eq!(gone.swim, "left", "peers saw a graceful leave, not a failure: {gone:?}");
+}
