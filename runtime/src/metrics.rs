@@ -45,8 +45,17 @@ pub struct Metrics {
     pub fsync_batches: Histogram,
     /// Seconds from receiving a client request to answering it, by kind.
     pub request_seconds: Family<Labels, Histogram>,
+    /// `request_seconds` of writes, reads and admin requests (looked up once, not per request).
+    pub request_kinds: [Histogram; 3],
+    /// `members` by state: alive, suspect, down, left.
+    pub member_states: [Gauge; 4],
     registry: Arc<Registry>,
 }
+
+/// Index of a request kind in [`Metrics::request_kinds`].
+pub const REQUEST_KINDS: [&str; 3] = ["write", "read", "admin"];
+/// Index of a SWIM state in [`Metrics::member_states`].
+pub const MEMBER_STATES: [&str; 4] = ["alive", "suspect", "down", "left"];
 
 fn latency_histogram() -> Histogram {
     // 50 µs to about 3 s.
@@ -70,8 +79,12 @@ impl Metrics {
             fsync_seconds: latency_histogram(),
             fsync_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             request_seconds: Family::new_with_constructor(latency_histogram),
+            request_kinds: [latency_histogram(), latency_histogram(), latency_histogram()],
+            member_states: Default::default(),
             registry: Arc::new(Registry::default()),
         };
+        let request_kinds = REQUEST_KINDS.map(|k| m.request_seconds.get_or_create(&vec![("kind", k)]).clone());
+        let member_states = MEMBER_STATES.map(|s| m.members.get_or_create(&vec![("state", s)]).clone());
         r.register("raft_term", "Current Raft term", m.term.clone());
         r.register("raft_commit_index", "Highest committed log index", m.commit_index.clone());
         r.register("raft_applied_index", "Highest applied log index", m.applied_index.clone());
@@ -84,7 +97,7 @@ impl Metrics {
         r.register("wal_fsync_seconds", "Seconds per group commit (writes and one fsync)", m.fsync_seconds.clone());
         r.register("wal_fsync_batches", "Batches covered by one fsync", m.fsync_batches.clone());
         r.register("request_seconds", "Seconds from a client request to its answer", m.request_seconds.clone());
-        Metrics { registry: Arc::new(r), ..m }
+        Metrics { registry: Arc::new(r), request_kinds, member_states, ..m }
     }
 
     /// Records one group commit.
@@ -115,11 +128,17 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
         let (mut stream, _) = listener.accept().await?;
         let metrics = metrics.clone();
         crate::sys::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
+            // Read the request head (it may arrive in pieces), up to a bound and a deadline.
+            let mut buf = Vec::with_capacity(1024);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                let mut chunk = [0u8; 1024];
+                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let n = buf.len();
             let request = String::from_utf8_lossy(&buf[..n]);
             let ok = request.starts_with("GET /metrics ") || request.starts_with("GET / ");
             let (status, body) =

@@ -403,6 +403,7 @@ impl<V: Vfs> Node<V> {
         self.swim.handle_timeout(now);
         self.transport.expire(now);
         self.progress_admin(now);
+        self.update_member_gauges();
     }
 
     // ----- datagrams -----
@@ -566,9 +567,9 @@ impl<V: Vfs> Node<V> {
 
     fn reply(&mut self, to: SocketAddr, req: &Request, reply: Reply, received: Instant, now: Instant) {
         let kind = match &req.op {
-            Op::Write(_) => "write",
-            Op::Get { .. } | Op::List { .. } => "read",
-            Op::Admin(_) => "admin",
+            Op::Write(_) => 0,
+            Op::Get { .. } | Op::List { .. } => 1,
+            Op::Admin(_) => 2,
         };
         self.respond(to, req.client_id, req.seq, reply, kind, received, now);
     }
@@ -580,12 +581,12 @@ impl<V: Vfs> Node<V> {
         client_id: u64,
         seq: u64,
         reply: Reply,
-        kind: &'static str,
+        kind: usize,
         received: Instant,
         now: Instant,
     ) {
         let seconds = now.saturating_duration_since(received).as_secs_f64();
-        self.metrics.request_seconds.get_or_create(&vec![("kind", kind)]).observe(seconds);
+        self.metrics.request_kinds[kind].observe(seconds);
         let response = Response { client_id, seq, reply };
         match wire::encode(self.cluster_id, self.me, &response, usize::MAX) {
             Ok(body) => self.send_now(to, Kind::ClientResponse, &body),
@@ -721,7 +722,7 @@ impl<V: Vfs> Node<V> {
             let outcome = self.admin_step(now, &task);
             match outcome {
                 None => self.admin.push(task),
-                Some(reply) => self.respond(task.from, task.client_id, task.seq, reply, "admin", now, now),
+                Some(reply) => self.respond(task.from, task.client_id, task.seq, reply, 2, now, now),
             }
         }
     }
@@ -951,7 +952,7 @@ impl<V: Vfs> Node<V> {
     fn finish_write(&mut self, index: LogIndex, reply: Reply, now: Instant) {
         if let Some(p) = self.pending_writes.remove(&index) {
             self.pending_by_client.remove(&(p.client_id, p.seq));
-            self.respond(p.from, p.client_id, p.seq, reply, "write", p.received, now);
+            self.respond(p.from, p.client_id, p.seq, reply, 0, p.received, now);
         }
     }
 
@@ -1105,6 +1106,11 @@ impl<V: Vfs> Node<V> {
         m.applied_index.set(self.raft.applied().0 as i64);
         m.leader_id.set(self.raft.leader().map_or(0, |l| l.0 as i64));
         m.is_leader.set(i64::from(self.raft.role() == Role::Leader));
+    }
+
+    /// SWIM member counts: a walk over every member, so only on timer ticks.
+    fn update_member_gauges(&self) {
+        let m = &self.metrics;
         let mut counts = [0i64; 4];
         for mem in self.swim.members() {
             let i = match mem.state() {
@@ -1116,8 +1122,8 @@ impl<V: Vfs> Node<V> {
             counts[i] += 1;
         }
         counts[0] += 1; // this node
-        for (state, n) in ["alive", "suspect", "down", "left"].iter().zip(counts) {
-            m.members.get_or_create(&vec![("state", *state)]).set(n);
+        for (gauge, n) in m.member_states.iter().zip(counts) {
+            gauge.set(n);
         }
     }
 
