@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use quorate_core::raft::LogIndex;
@@ -36,7 +37,8 @@ pub enum ClientError {
 
 /// A connection-less client bound to one local UDP socket.
 pub struct Client {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
+    rx: sys::DatagramRx,
     transport: Transport,
     cluster_id: u64,
     client_id: u64,
@@ -46,7 +48,6 @@ pub struct Client {
     leader: Option<SocketAddr>,
     pinned: Option<SocketAddr>,
     clock: Clock,
-    buf: Vec<u8>,
     /// How long to wait for an answer before resending (doubles up to 1 s per resend).
     pub attempt_timeout: Duration,
     /// How long a request may take in all.
@@ -61,8 +62,9 @@ impl Client {
         }
         let bind: SocketAddr = if nodes[0].is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let socket = sys::bind_udp(bind).await?;
+        let socket = Arc::new(sys::bind_udp(bind).await?);
         Ok(Client {
+            rx: sys::DatagramRx::new(socket.clone()),
             socket,
             transport: Transport::new(key, TransportLimits::default(), client_id.rotate_left(32)),
             cluster_id,
@@ -73,7 +75,6 @@ impl Client {
             leader: None,
             pinned: None,
             clock: Clock::start(),
-            buf: vec![0u8; 65_536],
             attempt_timeout: Duration::from_millis(200),
             deadline: Duration::from_secs(10),
         })
@@ -111,7 +112,9 @@ impl Client {
             for d in &datagrams {
                 sys::send_to(&self.socket, d, to).await?;
             }
-            match self.await_response(wait).await? {
+            let got = self.await_response(wait).await?;
+            tracing::debug!(client = self.client_id, seq = self.seq, %to, reply = ?got.as_ref().map(reply_kind), "attempt");
+            match got {
                 Some(reply @ Reply::NotLeader { .. }) if self.pinned.is_some() => return Ok(reply),
                 Some(Reply::NotLeader { addr: Some(addr), .. }) if Some(addr) != self.leader => {
                     self.leader = Some(addr)
@@ -149,12 +152,11 @@ impl Client {
             if remaining.is_zero() {
                 return Ok(None);
             }
-            let (n, from) = match tokio::time::timeout(remaining, sys::recv_from(&self.socket, &mut self.buf)).await {
+            let (datagram, from) = match tokio::time::timeout(remaining, self.rx.recv()).await {
                 Ok(r) => r?,
                 Err(_) => return Ok(None),
             };
             let now = self.clock.now();
-            let datagram = self.buf[..n].to_vec();
             let Ok(Some((Kind::ClientResponse, body))) = self.transport.open(now, from, &datagram) else { continue };
             let Ok(env) = wire::decode::<Response>(&body, self.cluster_id, usize::MAX) else { continue };
             let r = env.body;
@@ -242,6 +244,15 @@ impl Client {
             Reply::Done(line) => Ok(line),
             other => Err(refusal(other)),
         }
+    }
+}
+
+fn reply_kind(r: &Reply) -> String {
+    match r {
+        Reply::NotLeader { leader, addr } => format!("not leader ({leader:?} at {addr:?})"),
+        Reply::Retry(why) => format!("retry: {why}"),
+        Reply::Error(e) => format!("error: {e}"),
+        _ => "answer".into(),
     }
 }
 

@@ -87,6 +87,9 @@ pub struct SwimSection {
     pub probe_timeout_ms: u64,
     /// Members asked to probe indirectly.
     pub indirect_probes: usize,
+    /// Time between full-state exchanges with a random member (also how often members held
+    /// down are tried again, which heals partitions both sides gave up on).
+    pub push_pull_interval_ms: u64,
     /// Zone label published in metadata.
     pub zone: String,
     /// Rack label published in metadata.
@@ -101,6 +104,7 @@ impl Default for SwimSection {
             probe_interval_ms: 1000,
             probe_timeout_ms: 500,
             indirect_probes: 3,
+            push_pull_interval_ms: 30_000,
             zone: String::new(),
             rack: String::new(),
             region: String::new(),
@@ -264,6 +268,9 @@ impl NodeConfig {
         let s = &self.swim;
         if s.probe_interval_ms == 0 || s.probe_timeout_ms == 0 || s.probe_timeout_ms >= s.probe_interval_ms {
             return bad("swim.probe_timeout_ms", "positive and less than swim.probe_interval_ms");
+        }
+        if s.push_pull_interval_ms < s.probe_interval_ms {
+            return bad("swim.push_pull_interval_ms", "at least swim.probe_interval_ms");
         }
         let l = &self.limits;
         if !(512..=65_000).contains(&l.datagram_bytes) {

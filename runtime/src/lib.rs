@@ -31,7 +31,7 @@
 //!     let key = ClusterKey::from_bytes([7; 32]);
 //!     let config = NodeConfig::new(1, addr, dir.clone(), dir.join("unused.key"));
 //!     let cluster_id = config.cluster_id();
-//!     let opts = NodeOptions { config, key: key.clone(), seed: 1, storage: Default::default() };
+//!     let opts = NodeOptions::new(config, key.clone(), 1);
 //!     let (stop, stopped) = tokio::sync::oneshot::channel();
 //!     let running = tokio::spawn(node::run_on(FileVfs, opts, socket.into(), stopped, Default::default()));
 //!

@@ -290,7 +290,7 @@ async fn run_node(path: PathBuf) -> Result<ExitCode, Failure> {
         sys::shutdown_signal().await;
         let _ = stop_tx.send(());
     });
-    let opts = NodeOptions { config: cfg, key, seed: random_u64(), storage: Default::default() };
+    let opts = NodeOptions::new(cfg, key, random_u64());
     node::run_on(FileVfs, opts, socket.into(), stop_rx, metrics).await.map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }

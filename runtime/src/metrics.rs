@@ -133,7 +133,8 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> std::io::Result<()> {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
                 let mut chunk = [0u8; 1024];
-                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, stream.read(&mut chunk)).await {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
                     Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
                 }

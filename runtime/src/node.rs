@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quorate_core::raft::{
-    self, Action, ConfChange, ConfChangeItem, Entry, EntryPayload, Event, LogIndex, Membership, ProposeError, Raft,
-    ReadError, Recovered, Role, Term,
+    self, Action, ConfChange, ConfChangeItem, Entry, EntryPayload, Event, LogIndex, Membership, MessageBody,
+    ProposeError, Raft, ReadError, Recovered, Role, Term,
 };
 use quorate_core::swim::{self, Addr, Swim};
 use quorate_core::{wire, Instant, Machine, NodeId};
@@ -80,6 +80,84 @@ pub struct NodeOptions {
     pub seed: u64,
     /// Storage settings.
     pub storage: StorageOptions,
+    /// Where to report role changes and applied entries (simulations check cross-node safety
+    /// with them); `None` in production.
+    pub events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    /// Planted bug for simulator self-tests.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<PlantedBug>,
+}
+
+impl NodeOptions {
+    /// Options with default storage settings and no event hook.
+    pub fn new(config: NodeConfig, key: ClusterKey, seed: u64) -> NodeOptions {
+        NodeOptions {
+            config,
+            key,
+            seed,
+            storage: StorageOptions::default(),
+            events: None,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+}
+
+/// What a node reports through [`NodeOptions::events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// The node's Raft role or term changed.
+    Role {
+        /// The node.
+        node: NodeId,
+        /// Its term.
+        term: Term,
+        /// Its role.
+        role: Role,
+    },
+    /// The node granted its vote in `term` to `candidate`: the grant has left the node.
+    Voted {
+        /// The node.
+        node: NodeId,
+        /// The term of the vote.
+        term: Term,
+        /// Whom it voted for.
+        candidate: NodeId,
+    },
+    /// The node started from what its storage recovered.
+    Recovered {
+        /// The node.
+        node: NodeId,
+        /// The recovered term.
+        term: Term,
+        /// The recovered vote.
+        vote: Option<NodeId>,
+    },
+    /// The node applied the entry at `index`.
+    Applied {
+        /// The node.
+        node: NodeId,
+        /// The entry's index.
+        index: LogIndex,
+        /// The entry's term.
+        term: Term,
+        /// FNV-1a of the entry's payload: equal on every node that applies this index.
+        digest: u64,
+    },
+}
+
+/// Bugs the runtime can plant (feature `planted-bugs` only) so a simulation can prove it
+/// catches them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Acknowledge a client's put or delete as soon as the leader proposes it: before its WAL
+    /// fsync and before any quorum holds it.
+    AckBeforeFsync,
+    /// Send messages without waiting for the writes before them (votes before the hard state
+    /// is synced).
+    SendBeforeFsync,
+    /// Recover storage without verifying checksums.
+    SkipChecksum,
 }
 
 /// Hand this to [`run`] to stop the node gracefully.
@@ -98,8 +176,8 @@ struct PendingRead {
     received: Instant,
 }
 
-/// Datagrams for one destination.
-type Outgoing = (SocketAddr, Vec<Vec<u8>>);
+/// Datagrams for one destination, and the promise they carry (reported once they leave).
+type Outgoing = (SocketAddr, Vec<Vec<u8>>, Option<NodeEvent>);
 
 enum AdminGoal {
     Add(NodeId),
@@ -151,6 +229,13 @@ struct Node<V: Vfs> {
     snapshot_wanted: bool,
     internal_seq: u64,
     stopping: bool,
+    events: Option<mpsc::UnboundedSender<NodeEvent>>,
+    #[cfg(feature = "planted-bugs")]
+    planted: Option<PlantedBug>,
+    /// Term and vote of the last hard state handed to storage.
+    written_term_vote: Option<(Term, Option<NodeId>)>,
+    /// A commit-only hard state waiting to ride along with the next write.
+    lazy_hard_state: Option<raft::HardState>,
 }
 
 fn to_addr(a: SocketAddr) -> Addr {
@@ -219,6 +304,7 @@ fn swim_config(cfg: &NodeConfig, cluster_id: u64) -> swim::Config {
     sc.probe_interval = Duration::from_millis(cfg.swim.probe_interval_ms);
     sc.probe_timeout = Duration::from_millis(cfg.swim.probe_timeout_ms);
     sc.indirect_probes = cfg.swim.indirect_probes;
+    sc.push_pull_interval = Duration::from_millis(cfg.swim.push_pull_interval_ms);
     sc.packet_bytes_max =
         TransportLimits { datagram_bytes_max: cfg.limits.datagram_bytes, ..TransportLimits::default() }
             .body_bytes_max();
@@ -245,7 +331,17 @@ pub async fn run_on<V: Vfs>(
     stop: StopSignal,
     metrics: Metrics,
 ) -> Result<(), NodeError> {
-    let NodeOptions { config: cfg, key, seed, storage: storage_opts } = opts;
+    #[cfg(feature = "planted-bugs")]
+    let planted = opts.planted;
+    #[cfg(feature = "planted-bugs")]
+    let opts = {
+        let mut opts = opts;
+        if planted == Some(PlantedBug::SkipChecksum) {
+            opts.storage.planted_skip_checksums = true;
+        }
+        opts
+    };
+    let NodeOptions { config: cfg, key, seed, storage: storage_opts, events, .. } = opts;
     cfg.validate().map_err(|e| NodeError::Config(e.to_string()))?;
     let dir = cfg.data_dir.clone();
     let (store, recovered, report) = {
@@ -307,8 +403,16 @@ pub async fn run_on<V: Vfs>(
         snapshot_wanted: false,
         internal_seq: 0,
         stopping: false,
+        events,
+        #[cfg(feature = "planted-bugs")]
+        planted,
+        written_term_vote: None,
+        lazy_hard_state: None,
         cfg,
     };
+    let hs = node.raft.hard_state();
+    node.written_term_vote = Some((hs.term, hs.vote));
+    node.report(NodeEvent::Recovered { node: node.me, term: hs.term, vote: hs.vote });
     info!(node = node.me.0, addr = %node.cfg.listen, gen, "node started");
     let result = node.run_loop(stop).await;
     drop(node);
@@ -330,8 +434,7 @@ impl<V: Vfs> Node<V> {
     }
 
     async fn run_loop(&mut self, mut stop: StopSignal) -> Result<(), NodeError> {
-        let socket = self.socket.clone();
-        let mut buf = vec![0u8; 65_536];
+        let mut rx = sys::DatagramRx::new(self.socket.clone());
         let mut stop_deadline: Option<Instant> = None;
         loop {
             self.step_outputs().await?;
@@ -356,15 +459,16 @@ impl<V: Vfs> Node<V> {
                         None => return Err(NodeError::Config("the storage task ended".into())),
                     }
                 }
-                r = sys::recv_from(&socket, &mut buf) => {
+                r = rx.recv() => {
                     match r {
-                        Ok((n, from)) => {
-                            let datagram = buf[..n].to_vec();
-                            self.on_datagram(from, &datagram);
+                        Ok((datagram, from)) => {
+                            // One `now` for the whole burst, so reads that arrive together
+                            // share one confirmation round.
+                            let now = self.now();
+                            self.on_datagram(now, from, &datagram);
                             for _ in 1..RECV_BURST {
-                                let Some((n, from)) = sys::try_recv_from(&socket, &mut buf) else { break };
-                                let datagram = buf[..n].to_vec();
-                                self.on_datagram(from, &datagram);
+                                let Some((datagram, from)) = rx.try_recv() else { break };
+                                self.on_datagram(now, from, &datagram);
                             }
                         }
                         Err(e) => debug!(node = self.me.0, error = %e, "receive failed"),
@@ -408,8 +512,7 @@ impl<V: Vfs> Node<V> {
 
     // ----- datagrams -----
 
-    fn on_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
-        let now = self.now();
+    fn on_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.metrics.datagrams_received.inc();
         let opened = match self.transport.open(now, from, datagram) {
             Ok(Some(body)) => body,
@@ -461,6 +564,7 @@ impl<V: Vfs> Node<V> {
     }
 
     fn count_drop(&self, reason: DropReason) {
+        debug!(node = self.me.0, reason = reason.label(), "datagram dropped");
         self.metrics.datagrams_dropped.get_or_create(&vec![("reason", reason.label())]).inc();
     }
 
@@ -493,6 +597,13 @@ impl<V: Vfs> Node<V> {
                     self.reply(from, &req, reply, now, now);
                 } else if let Some(index) = self.pending_by_client.get(&(req.client_id, req.seq)).copied() {
                     // A retry of a write already in the log: answer it when that entry applies.
+                    debug!(
+                        node = self.me.0,
+                        client = req.client_id,
+                        seq = req.seq,
+                        index = index.0,
+                        "retry of a pending write"
+                    );
                     if let Some(p) = self.pending_writes.get_mut(&index) {
                         p.from = from;
                     }
@@ -545,8 +656,13 @@ impl<V: Vfs> Node<V> {
             .collect();
         match self.raft.propose_batch(now, commands) {
             Ok((first, _)) => {
-                for (i, (from, req, _, received)) in batch.into_iter().enumerate() {
+                for (i, (from, req, op, received)) in batch.into_iter().enumerate() {
                     let index = LogIndex(first.0 + i as u64);
+                    if self.planted(PlantedBug::AckBeforeFsync) && !matches!(op, WriteOp::Cas { .. }) {
+                        self.reply(from, &req, Reply::Written { existed: false, index }, received, now);
+                        continue;
+                    }
+                    debug!(node = self.me.0, client = req.client_id, seq = req.seq, index = index.0, "write proposed");
                     self.pending_by_client.insert((req.client_id, req.seq), index);
                     self.pending_writes
                         .insert(index, PendingWrite { from, client_id: req.client_id, seq: req.seq, received });
@@ -872,17 +988,36 @@ impl<V: Vfs> Node<V> {
                             warn!(node = self.me.0, len = body.len(), "raft message over the transport limit");
                             return;
                         };
+                        let promise = match message.body {
+                            MessageBody::RequestVoteResponse { pre_vote: false, granted: true }
+                                if self.events.is_some() =>
+                            {
+                                Some(NodeEvent::Voted { node: self.me, term: message.term, candidate: to })
+                            }
+                            _ => None,
+                        };
                         let barrier = self.barrier();
                         if barrier > self.durable_seq {
-                            self.held.push_back((barrier, (addr, datagrams)));
+                            self.held.push_back((barrier, (addr, datagrams, promise)));
                         } else {
-                            self.queue_now(addr, datagrams);
+                            self.outbox.push((addr, datagrams, promise));
                         }
                     }
                     Err(e) => warn!(node = self.me.0, error = %e, "cannot encode a raft message"),
                 }
             }
-            Action::PersistHardState(hs) => self.open_ops.push(StorageOp::HardState(hs)),
+            Action::PersistHardState(hs) => {
+                if self.written_term_vote == Some((hs.term, hs.vote)) {
+                    // Only the commit index moved. Persisting it is an optimisation, not a
+                    // duty: it rides along with the next real write instead of costing an
+                    // fsync of its own, and holds no send back.
+                    self.lazy_hard_state = Some(hs);
+                } else {
+                    self.written_term_vote = Some((hs.term, hs.vote));
+                    self.lazy_hard_state = None;
+                    self.open_ops.push(StorageOp::HardState(hs));
+                }
+            }
             Action::PersistEntries { first_index, last_index } => {
                 let entries: Vec<Entry> = self.raft.entries(first_index, last_index).to_vec();
                 if let Some(last) = entries.last() {
@@ -917,8 +1052,24 @@ impl<V: Vfs> Node<V> {
         }
     }
 
+    fn report(&self, event: NodeEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+
     fn apply_entry(&mut self, e: Entry) {
         let now = self.now();
+        if self.events.is_some() {
+            let digest = match &e.payload {
+                EntryPayload::Noop => 0,
+                EntryPayload::Command(data) => quorate_core::fnv1a64(data),
+                EntryPayload::ConfChange(cc) => {
+                    quorate_core::fnv1a64(&postcard::to_allocvec(cc).unwrap_or_default()) ^ 1
+                }
+            };
+            self.report(NodeEvent::Applied { node: self.me, index: e.index, term: e.term, digest });
+        }
         match &e.payload {
             EntryPayload::Command(data) => match postcard::from_bytes::<kv::Command>(data) {
                 Ok(cmd) => {
@@ -984,6 +1135,7 @@ impl<V: Vfs> Node<V> {
         let now = self.now();
         match e {
             Event::RoleChanged { role, term, leader } => {
+                self.report(NodeEvent::Role { node: self.me, term, role });
                 info!(node = self.me.0, role = protocol::role_name(role), term = term.0, leader = ?leader.map(|l| l.0), "raft role");
                 if role != Role::Leader {
                     let pending: Vec<LogIndex> = self.pending_writes.keys().copied().collect();
@@ -1030,8 +1182,24 @@ impl<V: Vfs> Node<V> {
         }
     }
 
+    /// True when the test-only `bug` is planted (always false without `planted-bugs`).
+    fn planted(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted == Some(bug)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
     /// The batch a send now must wait for: the open one if it has writes, else the last issued.
     fn barrier(&self) -> u64 {
+        if self.planted(PlantedBug::SendBeforeFsync) {
+            return 0;
+        }
         if self.open_ops.is_empty() {
             self.issued_seq
         } else {
@@ -1042,6 +1210,9 @@ impl<V: Vfs> Node<V> {
     fn submit_batch(&mut self) {
         if self.open_ops.is_empty() {
             return;
+        }
+        if let Some(hs) = self.lazy_hard_state.take() {
+            self.open_ops.push(StorageOp::HardState(hs));
         }
         let seq = self.issued_seq + 1;
         let ops = std::mem::take(&mut self.open_ops);
@@ -1083,12 +1254,15 @@ impl<V: Vfs> Node<V> {
     }
 
     fn queue_now(&mut self, to: SocketAddr, datagrams: Vec<Vec<u8>>) {
-        self.outbox.push((to, datagrams));
+        self.outbox.push((to, datagrams, None));
     }
 
     /// Sends every datagram free to leave, in order.
     async fn flush_held(&mut self) {
-        for (to, datagrams) in std::mem::take(&mut self.outbox) {
+        for (to, datagrams, promise) in std::mem::take(&mut self.outbox) {
+            if let Some(p) = promise {
+                self.report(p);
+            }
             for d in datagrams {
                 if let Err(e) = sys::send_to(&self.socket, &d, to).await {
                     debug!(node = self.me.0, %to, error = %e, "send failed");
@@ -1156,6 +1330,9 @@ impl<V: Vfs> Node<V> {
     }
 
     async fn flush_storage(&mut self) -> Result<(), NodeError> {
+        if let Some(hs) = self.lazy_hard_state.take() {
+            self.open_ops.push(StorageOp::HardState(hs));
+        }
         self.submit_batch();
         while self.durable_seq < self.issued_seq {
             match self.synced_rx.recv().await {

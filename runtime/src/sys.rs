@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use quorate_core::Instant;
@@ -37,33 +38,86 @@ pub async fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Sends one datagram. (madsim's `send_to` takes the address first and returns no length.)
-pub async fn send_to(socket: &UdpSocket, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+pub async fn send_to(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
     #[cfg(not(madsim))]
     {
         socket.send_to(datagram, to).await.map(|_| ())
     }
     #[cfg(madsim)]
     {
-        socket.send_to(to, datagram).await
+        // madsim charges every send a tick of virtual time, where a kernel queues the datagram
+        // at once; sent in order from the loop, a burst of fragments would stall the node for
+        // tens of virtual milliseconds and make SWIM suspect a healthy node. A task per
+        // datagram keeps the loop as fast as it is for real (UDP may reorder them anyway).
+        let (socket, datagram) = (socket.clone(), datagram.to_vec());
+        tokio::spawn(async move {
+            let _ = socket.send_to(to, &datagram).await;
+        });
+        Ok(())
     }
 }
 
-/// Receives one datagram into `buf`.
-pub async fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-    socket.recv_from(buf).await
-}
-
-/// Receives a datagram only if one is already waiting.
-pub fn try_recv_from(socket: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+/// The receiving side of a socket, safe to use in `select!`: a receive that loses the race
+/// to another branch never loses a datagram.
+///
+/// tokio's `recv_from` is cancel-safe, so in production this is the socket itself. madsim's
+/// is not (a datagram already handed to a dropped receive is gone), so there a task of its own
+/// receives and queues datagrams for the loop.
+pub struct DatagramRx {
     #[cfg(not(madsim))]
-    {
-        socket.try_recv_from(buf).ok()
-    }
+    socket: Arc<UdpSocket>,
+    #[cfg(not(madsim))]
+    buf: Vec<u8>,
     #[cfg(madsim)]
-    {
-        // The simulated socket has no non-blocking receive; the loop simply takes one at a time.
-        let _ = (socket, buf);
-        None
+    rx: tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>,
+}
+
+impl DatagramRx {
+    /// Receives from `socket` (datagrams up to 64 KiB).
+    pub fn new(socket: Arc<UdpSocket>) -> DatagramRx {
+        #[cfg(not(madsim))]
+        {
+            DatagramRx { socket, buf: vec![0u8; 65_536] }
+        }
+        #[cfg(madsim)]
+        {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    if tx.send((buf[..n].to_vec(), from)).is_err() {
+                        return;
+                    }
+                }
+            });
+            DatagramRx { rx }
+        }
+    }
+
+    /// The next datagram and its sender. Cancel-safe.
+    pub async fn recv(&mut self) -> io::Result<(Vec<u8>, SocketAddr)> {
+        #[cfg(not(madsim))]
+        {
+            let (n, from) = self.socket.recv_from(&mut self.buf).await?;
+            Ok((self.buf[..n].to_vec(), from))
+        }
+        #[cfg(madsim)]
+        {
+            self.rx.recv().await.ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "socket closed"))
+        }
+    }
+
+    /// A datagram only if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<(Vec<u8>, SocketAddr)> {
+        #[cfg(not(madsim))]
+        {
+            let (n, from) = self.socket.try_recv_from(&mut self.buf).ok()?;
+            Some((self.buf[..n].to_vec(), from))
+        }
+        #[cfg(madsim)]
+        {
+            self.rx.try_recv().ok()
+        }
     }
 }
 
@@ -117,6 +171,21 @@ where
     #[cfg(madsim)]
     {
         f()
+    }
+}
+
+/// The time an fsync takes. A real disk takes it inside the sync call; under madsim the
+/// simulated disk is instant, so this sleeps a varying 0.3 to 3 ms of virtual time between
+/// writing a group and syncing it, which is the window a crash loses unsynced writes in.
+pub async fn disk_latency(salt: u64) {
+    #[cfg(not(madsim))]
+    {
+        let _ = salt;
+    }
+    #[cfg(madsim)]
+    {
+        let micros = 300 + salt.wrapping_mul(0x9e37_79b9_7f4a_7c15) % 2700;
+        tokio::time::sleep(Duration::from_micros(micros)).await;
     }
 }
 

@@ -146,6 +146,11 @@ impl<V: Vfs> Storage<V> {
         }
     }
 
+    /// Hands every buffered write to the file system without waiting for durability.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.wal.flush()
+    }
+
     /// Makes every write so far durable with one fsync, then compacts what may be.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.wal.sync()?;
@@ -199,16 +204,26 @@ pub async fn run_group_commit<V: Vfs>(
             group.push(b);
         }
         let start = tokio::time::Instant::now();
-        let (back, result) = crate::sys::blocking(move || {
-            let result = (|| {
+        let seq = group.last().map_or(0, |b| b.seq);
+        let (back, written) = crate::sys::blocking(move || {
+            let written = (|| {
                 for b in &group {
                     for op in &b.ops {
                         storage.apply(op)?;
                     }
                 }
-                storage.sync()?;
-                Ok((group.last().map_or(0, |b| b.seq), group.len()))
+                storage.flush()?;
+                Ok(group.len())
             })();
+            (storage, written)
+        })
+        .await;
+        storage = back;
+        // The writes are in the file but not durable until the sync returns: a crash now
+        // (the simulator's disk models this window) loses them.
+        crate::sys::disk_latency(seq).await;
+        let (back, result) = crate::sys::blocking(move || {
+            let result = written.and_then(|batches| storage.sync().map(|()| (seq, batches)));
             (storage, result)
         })
         .await;

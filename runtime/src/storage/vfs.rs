@@ -181,18 +181,33 @@ impl SimVfs {
             let bit = d.rng.next_u64();
             let Some(inode) = d.inodes.get_mut(&id) else { continue };
             let unsynced = inode.data.len() - inode.synced_len;
+            tracing::trace!(inode = id, unsynced, len = inode.data.len(), "crash");
             if unsynced == 0 {
                 continue;
             }
-            let keep = if torn { (pick % unsynced as u64) as usize } else { 0 };
+            // A torn write keeps a prefix of what was in flight: whole 512-byte sectors (what
+            // a disk tears at), or, half the time, any byte count (a file system that does not).
+            let keep = match torn {
+                false => 0,
+                true if pick % 2 == 0 => (((pick >> 1) % (unsynced as u64 / 512 + 2)) as usize * 512).min(unsynced),
+                true => ((pick >> 1) % (unsynced as u64 + 1)) as usize,
+            };
             inode.data.truncate(inode.synced_len + keep);
             if flip && keep > 0 {
                 let at = inode.synced_len * 8 + (bit % (keep as u64 * 8)) as usize;
                 inode.data[at / 8] ^= 1 << (at % 8);
+                tracing::debug!(inode = id, byte = at / 8, kept = keep, unsynced, "crash flipped a bit in a torn tail");
             }
             // Whatever survived the crash is on the platter now.
             inode.synced_len = inode.data.len();
         }
+    }
+
+    /// Bytes written but not yet synced, over every file: a crash now tears or loses them.
+    pub fn unsynced_bytes(&self) -> usize {
+        let d = self.lock();
+        let live: BTreeSet<u64> = d.names.values().copied().collect();
+        d.inodes.iter().filter(|(id, _)| live.contains(id)).map(|(_, i)| i.data.len() - i.synced_len).sum()
     }
 
     /// Bytes held in every file (for tests and reports).

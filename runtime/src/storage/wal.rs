@@ -149,6 +149,8 @@ pub struct Wal<V: Vfs> {
     pending: Vec<u8>,
     last_hard_state: HardState,
     last_snapshot: Option<(LogIndex, Term)>,
+    /// Bytes were written to the active segment since its last fsync.
+    unsynced: bool,
     syncs: u64,
 }
 
@@ -236,6 +238,12 @@ impl<V: Vfs> Wal<V> {
             let path = dir.join(segment_name(seq));
             let data = vfs.read(&path).map_err(StorageError::io("read a WAL segment"))?;
             let (records, good) = parse_records(&data, opts.record_bytes_max, verify_checksums);
+            if !verify_checksums {
+                let (_, verified) = parse_records(&data, opts.record_bytes_max, true);
+                if verified < good {
+                    tracing::warn!(file = %path.display(), at = verified, "planted: recovery kept records that fail their checksum");
+                }
+            }
             if good < data.len() {
                 if i + 1 < seqs.len() {
                     return Err(StorageError::Corrupt { file: path.display().to_string(), offset: good as u64 });
@@ -277,6 +285,7 @@ impl<V: Vfs> Wal<V> {
             pending: Vec::new(),
             last_hard_state: state.hard_state,
             last_snapshot: state.snapshot,
+            unsynced: false,
             syncs: 0,
         };
         if fresh {
@@ -305,14 +314,24 @@ impl<V: Vfs> Wal<V> {
         frame(&mut self.pending, &RecordRef::Snapshot { index, term })
     }
 
-    /// Writes every buffered record and makes them durable with one fsync; then starts a new
-    /// segment if the current one is full.
-    pub fn sync(&mut self) -> Result<(), StorageError> {
+    /// Writes every buffered record to the file, without making it durable.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
         if !self.pending.is_empty() {
             self.active.append(&self.pending).map_err(StorageError::io("write the WAL"))?;
             self.active_bytes += self.pending.len() as u64;
             self.pending.clear();
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered record and makes them durable with one fsync; then starts a new
+    /// segment if the current one is full.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.flush()?;
+        if self.unsynced {
             self.active.sync().map_err(StorageError::io("fsync the WAL"))?;
+            self.unsynced = false;
             self.syncs += 1;
         }
         if self.active_bytes >= self.opts.segment_bytes_max {
