@@ -24,5 +24,8 @@ pub mod kv;
 pub mod linearizability;
 pub mod net;
 pub mod raft_sim;
+pub mod runtime_cli;
+#[cfg(madsim)]
+pub mod runtime_sim;
 pub mod swim_cli;
 pub mod swim_sim;
