@@ -459,6 +459,9 @@ impl<V: Vfs> Node<V> {
                         None => return Err(NodeError::Config("the storage task ended".into())),
                     }
                 }
+                // Timers before datagrams: a steady flood of datagrams must not starve
+                // heartbeats and election timers.
+                _ = sleep => self.on_timeout(),
                 r = rx.recv() => {
                     match r {
                         Ok((datagram, from)) => {
@@ -474,7 +477,6 @@ impl<V: Vfs> Node<V> {
                         Err(e) => debug!(node = self.me.0, error = %e, "receive failed"),
                     }
                 }
-                _ = sleep => self.on_timeout(),
                 _ = &mut stop, if stop_deadline.is_none() => {
                     stop_deadline = Some(self.begin_stop());
                 }
