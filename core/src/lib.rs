@@ -66,6 +66,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod hash;
 pub mod machine;
 pub mod raft;
 pub mod swim;
