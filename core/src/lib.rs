@@ -68,6 +68,7 @@ extern crate std;
 
 pub mod hash;
 pub mod machine;
+pub mod placement;
 pub mod raft;
 pub mod swim;
 pub mod time;

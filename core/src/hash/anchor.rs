@@ -57,7 +57,7 @@ pub enum AnchorError {
     UnknownNode(NodeId),
 }
 
-/// Buckets `0..capacity`, some working. See the [module docs](self).
+/// Buckets `0..capacity`, some working. See the [hash module](crate::hash) and the notes at the top of `hash/anchor.rs`.
 #[derive(Clone, Debug)]
 pub struct Anchor {
     /// Per bucket: 0 while working, else `1 +` the working count right after its removal.

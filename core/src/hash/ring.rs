@@ -82,7 +82,7 @@ pub struct RingInfo {
     pub min_over_mean: f64,
 }
 
-/// A Ketama ring over weighted nodes. See the [module docs](self).
+/// A Ketama ring over weighted nodes: each node of weight `w` puts `vnodes × w / 100` points on the 64-bit circle, and a key belongs to the first point at or after its hash.
 #[derive(Clone, Debug)]
 pub struct Ring {
     nodes: Vec<(NodeId, u32)>,

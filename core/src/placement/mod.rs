@@ -1,0 +1,28 @@
+//! Shard placement: which nodes hold which shards, and how that changes without losing a
+//! replica.
+//!
+//! Keys reach shards through [`crate::hash::shard_of`]; shards reach nodes through an explicit
+//! [`ShardMap`] that the Raft leader maintains. Everything here is pure: from a
+//! [`Topology`] (nodes with region, zone, rack, weight and state), the current map and the
+//! moves in flight, [`plan()`] computes a balanced, failure-domain-aware [`Target`] and the
+//! next moves towards it ([`Plan`]), within per-node limits. The leader commits the plan; the
+//! replica states in the map ([`ReplicaState`]) are the routing rules for reads and writes.
+//!
+//! Determinism: nothing here iterates a hash map, reads a clock or draws randomness; the same
+//! inputs give the same target and the same plan, bit for bit.
+
+mod map;
+pub mod plan;
+pub mod target;
+#[cfg(test)]
+mod tests;
+
+pub use map::{
+    Collection, CollectionId, DomainLevel, MapError, Node, NodeState, Replica, ReplicaSet, ReplicaState, ShardId,
+    ShardMap, Topology, NODES_MAX, RF_MAX, SHARDS_PER_COLLECTION_MAX,
+};
+pub use plan::{apply_immediate, apply_move_now, plan, Create, Drop, Move, MoveReason, Plan, Planned, PrimaryChange};
+pub use target::{
+    compute_target, per_domain_max, DomainShortfall, NodeLoad, PlacementConfig, PlacementConfigError, Target,
+    TargetReport, TargetSet,
+};
