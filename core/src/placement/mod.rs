@@ -7,16 +7,20 @@
 //! moves in flight, [`plan()`] computes a balanced, failure-domain-aware [`Target`] and the
 //! next moves towards it ([`Plan`]), within per-node limits. The leader commits the plan; the
 //! replica states in the map ([`ReplicaState`]) are the routing rules for reads and writes.
+//! [`LoadTracker`] keeps decaying per-replica load, finds hot shards and hot nodes, and
+//! proposes count-neutral trades that cool them without fighting the balancer.
 //!
 //! Determinism: nothing here iterates a hash map, reads a clock or draws randomness; the same
 //! inputs give the same target and the same plan, bit for bit.
 
+pub mod hot;
 mod map;
 pub mod plan;
 pub mod target;
 #[cfg(test)]
 mod tests;
 
+pub use hot::{Hot, LoadConfig, LoadError, LoadSample, LoadTracker, Relief};
 pub use map::{
     Collection, CollectionId, DomainLevel, MapError, Node, NodeState, Replica, ReplicaSet, ReplicaState, ShardId,
     ShardMap, Topology, NODES_MAX, RF_MAX, SHARDS_PER_COLLECTION_MAX,
