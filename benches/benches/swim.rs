@@ -30,7 +30,9 @@
 //! Run the whole grid (loss 0/5/20% × n 10/100/1,000 × both, 10 virtual minutes):
 //! `cargo bench -p quorate-benches --bench swim`. A subset, through the environment:
 //! `SWIM_BENCH_MEMBERS=10,100 SWIM_BENCH_LOSS=0.2 SWIM_BENCH_SECS=600 SWIM_BENCH_SEED=1`
-//! (and `SWIM_BENCH_PEERS=quorate` or `foca` for one side alone, without the table).
+//! (and `SWIM_BENCH_PEERS=quorate` or `foca` for one side alone, without the table). Each
+//! configuration is repeated until its runs add up to `SWIM_BENCH_MIN_CPU_S` (default 2) of
+//! CPU, every repetition checked to end the same way; the median run's CPU time is reported.
 //! It prints a progress line per run on stderr and the Markdown table on stdout.
 
 pub mod peer_foca;
@@ -550,8 +552,26 @@ impl Peer for QuorateMember {
     }
 }
 
+/// Runs `sc` again and again until the runs add up to `min_cpu_ns` of CPU (at most 1,000
+/// runs), so that small clusters, whose runs take milliseconds, are timed over enough work
+/// (the kernel's per-thread CPU counter can lag by a scheduler tick); reports the mean CPU
+/// time per run. Every repetition must have the same outcome.
+pub fn measure<P: Peer>(sc: Scenario, min_cpu_ns: u64) -> Report {
+    let wall = std::time::Instant::now();
+    let cpu0 = cpu_now_ns(wall);
+    let first = run::<P>(sc);
+    let mut runs = 1;
+    while cpu_now_ns(wall).saturating_sub(cpu0) < min_cpu_ns && runs < 1_000 {
+        let again = run::<P>(sc);
+        assert!(again.same_outcome(&first), "{}: a repeated run differs: the harness is not deterministic", P::NAME);
+        runs += 1;
+    }
+    let cpu_ns = cpu_now_ns(wall).saturating_sub(cpu0) / runs;
+    Report { cpu_ns, ..first }
+}
+
 /// The grid to run, from the environment (see the module docs).
-fn grid() -> (Vec<usize>, Vec<f64>, u64, u64) {
+fn grid() -> (Vec<usize>, Vec<f64>, u64, u64, u64) {
     fn list<T: std::str::FromStr>(var: &str, default: &str) -> Vec<T> {
         let s = std::env::var(var).unwrap_or_else(|_| default.to_string());
         s.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("{var}: cannot parse {x:?}"))).collect()
@@ -560,7 +580,8 @@ fn grid() -> (Vec<usize>, Vec<f64>, u64, u64) {
     let loss = list::<f64>("SWIM_BENCH_LOSS", "0,0.05,0.2");
     let secs = list::<u64>("SWIM_BENCH_SECS", "600")[0];
     let seed = list::<u64>("SWIM_BENCH_SEED", "1")[0];
-    (members, loss, secs, seed)
+    let min_cpu_s = list::<f64>("SWIM_BENCH_MIN_CPU_S", "2")[0];
+    (members, loss, secs, seed, (min_cpu_s * 1e9) as u64)
 }
 
 fn ms(v: Option<u64>) -> String {
@@ -637,8 +658,8 @@ fn rows(q: &Report, f: &Report) -> String {
     );
     row(
         "CPU time of the run",
-        format!("{:.2} s", q.cpu_ns as f64 / 1e9),
-        format!("{:.2} s", f.cpu_ns as f64 / 1e9),
+        format!("{:.3} s", q.cpu_ns as f64 / 1e9),
+        format!("{:.3} s", f.cpu_ns as f64 / 1e9),
         lower_better(q.cpu_ns as f64, f.cpu_ns as f64),
     );
     s
@@ -646,7 +667,7 @@ fn rows(q: &Report, f: &Report) -> String {
 
 fn summary(r: &Report) -> String {
     format!(
-        "{}: members={} loss={:.2} full_view={} detect_p50={} detect_max={} missed={}/{} false_positives={} ({} members) msgs_per_member_s={:.2} bytes_per_member_s={:.0} events={} errors={} cpu_s={:.2} events_per_cpu_s={:.0} trace={:016x}",
+        "{}: members={} loss={:.2} full_view={} detect_p50={} detect_max={} missed={}/{} false_positives={} ({} members) msgs_per_member_s={:.2} bytes_per_member_s={:.0} events={} errors={} cpu_s={:.3} events_per_cpu_s={:.0} trace={:016x}",
         r.name,
         r.members,
         r.loss,
@@ -668,7 +689,7 @@ fn summary(r: &Report) -> String {
 }
 
 fn main() {
-    let (members, losses, secs, seed) = grid();
+    let (members, losses, secs, seed, min_cpu_ns) = grid();
     // `SWIM_BENCH_PEERS=quorate` (or `foca`) runs one side only, for profiling; no table then.
     let peers = std::env::var("SWIM_BENCH_PEERS").unwrap_or_else(|_| "quorate,foca".to_string());
     let (quorate, foca) = (peers.contains("quorate"), peers.contains("foca"));
@@ -676,9 +697,9 @@ fn main() {
     for &loss in &losses {
         for &n in &members {
             let sc = Scenario { members: n, loss, duration_ns: secs * SEC, seed };
-            let q = quorate.then(|| run::<QuorateMember>(sc));
+            let q = quorate.then(|| measure::<QuorateMember>(sc, min_cpu_ns));
             q.iter().for_each(|r| eprintln!("{}", summary(r)));
-            let f = foca.then(|| run::<peer_foca::FocaMember>(sc));
+            let f = foca.then(|| measure::<peer_foca::FocaMember>(sc, min_cpu_ns));
             f.iter().for_each(|r| eprintln!("{}", summary(r)));
             if let (Some(q), Some(f)) = (&q, &f) {
                 table.push_str(&rows(q, f));
