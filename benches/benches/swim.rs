@@ -601,6 +601,15 @@ fn lower_better(q: f64, f: f64) -> String {
     }
 }
 
+/// A rate with three significant digits or more: `8.75 M`, `393 K`, `35.7 K`.
+fn rate(x: f64) -> String {
+    match x {
+        x if x >= 1e6 => format!("{:.2} M", x / 1e6),
+        x if x >= 1e5 => format!("{:.0} K", x / 1e3),
+        x => format!("{:.1} K", x / 1e3),
+    }
+}
+
 fn full_view(r: &Report) -> String {
     match r.full_view_ms {
         Some(v) => ms(Some(v)),
@@ -652,8 +661,8 @@ fn rows(q: &Report, f: &Report) -> String {
     );
     row(
         "events/CPU-s",
-        format!("{:.2} M", q.events_per_cpu_s() / 1e6),
-        format!("{:.2} M", f.events_per_cpu_s() / 1e6),
+        rate(q.events_per_cpu_s()),
+        rate(f.events_per_cpu_s()),
         format!("{:.2}×", q.events_per_cpu_s() / f.events_per_cpu_s()),
     );
     row(
