@@ -87,6 +87,10 @@ struct Args {
     /// Per-attempt timeout of the failover client, on both targets.
     #[arg(long, default_value_t = 50)]
     attempt_timeout_ms: u64,
+    /// Failover: let the Quorate client back off as it does by default (its wait doubles
+    /// after each silent attempt) instead of one attempt per call like the etcd prober.
+    #[arg(long)]
+    client_backoff: bool,
     /// The `quorate` binary (default: next to this one).
     #[arg(long)]
     quorate_bin: Option<PathBuf>,
@@ -642,9 +646,11 @@ async fn failover(args: &Args, servers: &mut Servers) -> Result<(), String> {
         Servers::Quorate { cluster, .. } => {
             let mut c = cluster.client(7).await.map_err(|e| e.to_string())?;
             c.attempt_timeout = attempt;
-            // A bounded deadline per call keeps the client's backoff from growing across a
-            // long election; the loop in `Prober::put` calls again.
-            c.deadline = attempt * 10;
+            // One attempt per call (plus the redirects it is answered with), retried at once
+            // by `Prober::put`: the same policy as the etcd prober. With a longer deadline the
+            // client doubles its wait after each silent attempt (50, 100, 200, 400 ms), and
+            // the measurement lands on those steps instead of on the election.
+            c.deadline = if args.client_backoff { attempt * 10 } else { attempt };
             Prober::Quorate(Box::new(c))
         }
         Servers::Etcd(c) => {
