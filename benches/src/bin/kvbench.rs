@@ -458,8 +458,13 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         stop_perf(p);
     }
 
-    let last_end = results.iter().filter_map(|r| r.last_end).max().unwrap_or(window.end);
-    let span = last_end.min(window.end).max(warm_end + Duration::from_millis(1)) - warm_end;
+    // The whole window, unless --ops closed it early at the last counted answer.
+    let closed_at = if window.stop.load(Ordering::Relaxed) {
+        results.iter().filter_map(|r| r.last_end).max().unwrap_or(window.end).min(window.end)
+    } else {
+        window.end
+    };
+    let span = closed_at.max(warm_end + Duration::from_millis(1)) - warm_end;
     let errors: u64 = results.iter().map(|r| r.errors).sum();
     let first_error = results.iter().find_map(|r| r.first_error.clone());
     let mut all: Vec<u64> = results.into_iter().flat_map(|r| r.latencies_ns).collect();
