@@ -192,7 +192,10 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             return if args.is_empty() { 2 } else { 0 };
         }
         Some(other) => {
-            let _ = writeln!(err, "error: unknown simulation {other:?}; available: raft, swim, runtime, placement\n\n{USAGE}");
+            let _ = writeln!(
+                err,
+                "error: unknown simulation {other:?}; available: raft, swim, runtime, placement\n\n{USAGE}"
+            );
             return 2;
         }
     }
