@@ -15,6 +15,16 @@ fn text(o: &Output) -> String {
 
 struct Dir(PathBuf);
 
+/// Kills the node when the test ends, so a failed assertion leaves no process behind.
+struct Reaper(std::process::Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -85,12 +95,14 @@ fn one_node_is_initialized_written_read_and_observed_through_the_cli() {
     );
     std::fs::write(&cfg, body).unwrap();
     let cfg = cfg.to_str().unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args(["node", "--config", cfg])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut node = Reaper(
+        Command::new(env!("CARGO_BIN_EXE_quorate"))
+            .args(["node", "--config", cfg])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["--config", cfg]);
@@ -147,10 +159,10 @@ fn one_node_is_initialized_written_read_and_observed_through_the_cli() {
     let metrics_text = http_get(metrics, "/metrics");
     assert!(metrics_text.contains("quorate_datagrams_dropped_total{reason=\"bad_tag\"}"), "{metrics_text}");
 
-    let _ = Command::new("kill").arg("-TERM").arg(node.id().to_string()).status();
+    let _ = Command::new("kill").arg("-TERM").arg(node.0.id().to_string()).status();
     let start = std::time::Instant::now();
     loop {
-        if let Some(status) = node.try_wait().unwrap() {
+        if let Some(status) = node.0.try_wait().unwrap() {
             assert!(status.success(), "SIGTERM stops the node cleanly: {status:?}");
             break;
         }
