@@ -211,6 +211,20 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 r.rejected,
                 r.events
             );
+            let per = r.member_secs.max(1e-9);
+            let kinds: Vec<String> = quorate_core::swim::Kind::ALL
+                .iter()
+                .map(|k| {
+                    let i = *k as usize;
+                    format!(
+                        "{}={:.2}/{:.0}",
+                        k.name(),
+                        r.packets_by_kind[i] as f64 / per,
+                        r.bytes_by_kind[i] as f64 / per
+                    )
+                })
+                .collect();
+            let _ = writeln!(err, "seed={} per member per second (msgs/bytes): {}", r.seed, kinds.join(" "));
         }
     }
     let _ = writeln!(out, "{}", summary(&a, &reports));

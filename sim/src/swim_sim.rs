@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use quorate_core::swim::{Action, Addr, Config, Digest, Event, Swim};
+use quorate_core::swim::{Action, Addr, Config, Digest, Event, Kind, Swim};
 use quorate_core::{fnv1a64, fnv1a64_extend, Instant, Machine, NodeId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -105,6 +105,10 @@ pub struct SwimReport {
     pub member_secs: f64,
     /// Events processed (deliveries and timer firings).
     pub events: u64,
+    /// Datagrams sent, all members, by [`Kind`] (index with `kind as usize`).
+    pub packets_by_kind: [u64; Kind::COUNT],
+    /// Bytes sent, all members, by [`Kind`].
+    pub bytes_by_kind: [u64; Kind::COUNT],
     /// Digest of everything that happened.
     pub trace: u64,
 }
@@ -129,6 +133,14 @@ impl SwimReport {
     /// Bytes sent per member per virtual second.
     pub fn bytes_per_member_s(&self) -> f64 {
         self.bytes as f64 / self.member_secs.max(1e-9)
+    }
+
+    /// Adds one member's sent-traffic counters to the per-kind totals.
+    fn add_stats(&mut self, st: &quorate_core::swim::Stats) {
+        for k in 0..Kind::COUNT {
+            self.packets_by_kind[k] += st.sent_packets_by_kind[k];
+            self.bytes_by_kind[k] += st.sent_bytes_by_kind[k];
+        }
     }
 }
 
@@ -403,6 +415,7 @@ impl World {
 
     fn crash(&mut self, i: usize) {
         let Some(s) = self.slots[i].swim.take() else { return };
+        self.report.add_stats(s.stats());
         let gen = s.me().version.gen;
         self.slots[i].gen = gen;
         self.slots[i].timer = None;
@@ -637,6 +650,7 @@ impl World {
             if let Some(swim) = &s.swim {
                 swim.check_invariants();
                 let st = swim.stats();
+                self.report.add_stats(st);
                 self.report.trace = fnv1a64_extend(self.report.trace, &st.packets_sent.to_le_bytes());
             }
         }

@@ -37,6 +37,9 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Members a gossip-only round sends to.
     pub gossip_fanout: usize,
+    /// Most updates waiting to be gossiped; past that the most-sent, oldest is dropped (push-pull
+    /// repairs what gossip drops). Only a join storm or a healed partition fills it.
+    pub gossip_queue_max: usize,
     /// Time between periodic full-state exchanges (push-pull) with one random member, for
     /// clusters up to 32 members; larger clusters stretch it in proportion to `n / 32`, so the
     /// bytes each member sends per second stay constant as the cluster grows.
@@ -89,6 +92,7 @@ impl Config {
             retransmit_mult: 4,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
+            gossip_queue_max: 1024,
             push_pull_interval: Duration::from_secs(30),
             sync_gap: Duration::from_secs(2),
             health_max: 8,
@@ -126,6 +130,9 @@ impl Config {
         }
         if self.gossip_interval.is_zero() {
             return bad("gossip_interval", "must be positive (200ms is usual)");
+        }
+        if self.gossip_queue_max < 16 {
+            return bad("gossip_queue_max", "must be at least 16 (1024 is usual)");
         }
         if self.push_pull_interval.is_zero() {
             return bad("push_pull_interval", "must be positive (30s is usual)");

@@ -57,12 +57,14 @@ mod config;
 mod gossip;
 pub mod member;
 pub mod message;
+mod table;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 #[cfg(test)]
 mod tests;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 use rand_chacha::ChaCha8Rng;
@@ -71,8 +73,10 @@ use thiserror::Error;
 
 pub use config::{Config, ConfigError};
 use gossip::GossipQueue;
+use member::MetaPool;
 pub use member::{Addr, Member, Meta, State, Version};
-pub use message::{member_hash, Body, Digest, Packet, Update};
+pub use message::{member_hash, Body, Digest, Kind, Packet, Update};
+use table::{MemberTable, Record};
 
 use crate::machine::Machine;
 use crate::time::{earliest, Instant};
@@ -174,6 +178,10 @@ pub struct Stats {
     pub refutations: u64,
     /// Full-state exchanges started.
     pub push_pulls: u64,
+    /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
+    pub sent_packets_by_kind: [u64; Kind::COUNT],
+    /// Bytes sent, by [`Kind`] (index with `kind as usize`).
+    pub sent_bytes_by_kind: [u64; Kind::COUNT],
 }
 
 struct Probe {
@@ -200,11 +208,6 @@ struct Suspicion {
     deadline: Instant,
 }
 
-struct Known {
-    member: Member,
-    since: Instant,
-}
-
 /// Indirect probes this member runs for others at once; more are refused (flood bound).
 const INDIRECT_MAX: usize = 256;
 /// Push-pull requests remembered so a repeated chunk is not answered twice.
@@ -217,7 +220,8 @@ pub struct Swim {
     cfg: Config,
     rng: ChaCha8Rng,
     me: Member,
-    members: BTreeMap<NodeId, Known>,
+    members: MemberTable,
+    metas: MetaPool,
     live: usize,
     digest_hash: u32,
     probe_order: Vec<NodeId>,
@@ -228,7 +232,9 @@ pub struct Swim {
     indirect: BTreeMap<u32, Indirect>,
     suspicions: BTreeMap<NodeId, Suspicion>,
     suspicion_deadlines: BTreeSet<(Instant, NodeId)>,
+    /// When each Down or Left member's tombstone is collected, in both orders.
     tombstones: BTreeSet<(Instant, NodeId)>,
+    tomb_due: BTreeMap<NodeId, Instant>,
     gossip: GossipQueue,
     health: u32,
     next_gossip: Instant,
@@ -257,8 +263,9 @@ impl Swim {
             id: cfg.id,
             addr: cfg.addr,
             version: Version { gen: gen.min(Version::MAX_VALID), inc: 0, state: State::Alive },
-            meta: cfg.meta.clone(),
+            meta: Arc::new(cfg.meta.clone()),
         };
+        let gossip = GossipQueue::new(cfg.gossip_queue_max, cfg.id);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let jitter = |rng: &mut ChaCha8Rng, d: Duration| {
             now.saturating_add(Duration::from_nanos(rng.next_u64() % (d.as_nanos() as u64).max(1)))
@@ -275,7 +282,8 @@ impl Swim {
             cfg,
             rng,
             me,
-            members: BTreeMap::new(),
+            members: MemberTable::default(),
+            metas: MetaPool::default(),
             live: 1,
             digest_hash: 0,
             probe_order: Vec::new(),
@@ -287,7 +295,8 @@ impl Swim {
             suspicions: BTreeMap::new(),
             suspicion_deadlines: BTreeSet::new(),
             tombstones: BTreeSet::new(),
-            gossip: GossipQueue::default(),
+            tomb_due: BTreeMap::new(),
+            gossip,
             health: 0,
             next_gossip,
             next_push_pull,
@@ -325,14 +334,20 @@ impl Swim {
         &self.me
     }
 
-    /// Everything known about `id` (this member excluded).
-    pub fn member(&self, id: NodeId) -> Option<&Member> {
-        self.members.get(&id).map(|k| &k.member)
+    /// Everything known about `id` (this member excluded). Members are stored compactly, so
+    /// this builds the value (the metadata is shared, not copied).
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.members.get(id).map(|r| self.members.member(r))
     }
 
     /// Every other known member, tombstones included, in id order.
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().map(|k| &k.member)
+    pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.members.iter().map(|r| self.members.member(r))
+    }
+
+    /// Other members known, tombstones included.
+    pub fn known_members(&self) -> usize {
+        self.members.len()
     }
 
     /// Alive and suspect members, this one included.
@@ -371,6 +386,16 @@ impl Swim {
         self.gossip.len()
     }
 
+    /// Updates dropped unsent because the gossip queue was full ([`Config::gossip_queue_max`]).
+    pub fn dropped_gossip(&self) -> u64 {
+        self.gossip.dropped()
+    }
+
+    /// Distinct metadata values held (equal values are shared by every record that has them).
+    pub fn distinct_metas(&self) -> usize {
+        self.metas.len()
+    }
+
     // ----- commands -----
 
     /// Publishes new metadata: bumps the incarnation and gossips it.
@@ -382,7 +407,7 @@ impl Swim {
         if len > self.cfg.meta_bytes_max {
             return Err(SwimError::MetaTooLarge { len, max: self.cfg.meta_bytes_max });
         }
-        self.me.meta = meta;
+        self.me.meta = Arc::new(meta);
         self.bump_incarnation(self.me.version.inc);
         let _ = now;
         Ok(())
@@ -398,7 +423,7 @@ impl Swim {
         self.me.version.state = State::Left;
         self.probe = None;
         self.next_join = None;
-        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip.push(&Update::of(&self.me, self.cfg.id));
         self.gossip_round(now);
         Ok(())
     }
@@ -447,10 +472,10 @@ impl Swim {
             self.apply(now, u.id(), u.version(), claim_by(&u, sender), info_of(u), true);
         }
         // A sender we hold for dead in its generation learns so first, and renews.
-        let warn = self.members.get(&sender).and_then(|k| {
-            (k.member.version.state.is_terminal() && k.member.version.gen >= packet.gen)
-                .then(|| Update::of(&k.member, self.cfg.id))
-        });
+        let warn = self
+            .members
+            .get(sender)
+            .and_then(|r| (!r.is_live() && r.gen >= packet.gen).then(|| self.update_of(r, self.cfg.id)));
         match packet.body {
             Body::Ping { seq, target } => {
                 if target == self.cfg.id {
@@ -502,7 +527,7 @@ impl Swim {
         // persist for a gap first; a difference in member count is repaired at once.
         if packet.digest == self.digest() {
             self.mismatch_since = None;
-        } else if self.members.get(&sender).is_some_and(|k| is_live(&k.member)) {
+        } else if self.members.get(sender).is_some_and(Record::is_live) {
             let gap = self.cfg.sync_gap * (self.live as u32).div_ceil(1024).max(1);
             let since = *self.mismatch_since.get_or_insert(now);
             // Different member counts are no passing refutation: repair at once.
@@ -537,7 +562,15 @@ impl Swim {
     /// `regossip` is false for claims learned in a full-state exchange: the partner already
     /// knows them and digest-driven exchanges spread them further, so re-gossiping every
     /// member of a large cluster after each exchange would only flood the piggyback queue.
-    fn apply(&mut self, now: Instant, id: NodeId, v: Version, by: NodeId, info: Option<(Addr, Meta)>, regossip: bool) {
+    fn apply(
+        &mut self,
+        now: Instant,
+        id: NodeId,
+        v: Version,
+        by: NodeId,
+        info: Option<(Addr, Arc<Meta>)>,
+        regossip: bool,
+    ) {
         if id == NodeId::NONE {
             return;
         }
@@ -545,39 +578,15 @@ impl Swim {
             self.about_me(v);
             return;
         }
-        let Some(known) = self.members.get_mut(&id) else {
-            match (v.state, info) {
-                (State::Suspect | State::Alive, Some((addr, meta))) => {
-                    let member = Member { id, addr, version: v, meta };
-                    self.members.insert(id, Known { member: member.clone(), since: now });
-                    self.digest_hash ^= member_hash(id, v.gen, v.inc);
-                    self.became_live(id, v.gen);
-                    self.emit(Event::Up(member.clone()));
-                    if v.state == State::Suspect {
-                        self.emit(Event::Suspect(id));
-                        self.start_suspicion(now, id, v, by);
-                    }
-                    if regossip {
-                        self.gossip.push(Update::of(&member, by));
-                    }
-                }
-                (State::Down | State::Left, info) => {
-                    let (addr, meta) = info.unwrap_or_default_addr();
-                    let member = Member { id, addr, version: v, meta };
-                    self.members.insert(id, Known { member: member.clone(), since: now });
-                    self.tombstones.insert((now.saturating_add(self.cfg.tombstone_ttl), id));
-                    if regossip {
-                        self.gossip.push(Update::of(&member, by));
-                    }
-                }
-                _ => {}
-            }
+        let Some(rec) = self.members.get(id) else {
+            self.apply_new(now, id, v, by, info, regossip);
             return;
         };
-        let old = known.member.version;
+        let old = rec.version();
+        let old_addr = self.members.addr(rec);
         // A member known only from a tombstone has no address: a live claim without one cannot
         // be acted on, and ignoring it keeps the view independent of delivery order.
-        if info.is_none() && !v.state.is_terminal() && known.member.addr == Addr::UNSPECIFIED {
+        if info.is_none() && !v.state.is_terminal() && old_addr == Addr::UNSPECIFIED {
             return;
         }
         if !v.supersedes(&old) {
@@ -586,15 +595,23 @@ impl Swim {
             }
             return;
         }
-        known.member.version = v;
-        known.since = now;
         let mut meta_changed = false;
         if let Some((addr, meta)) = info {
-            meta_changed = addr != known.member.addr || meta != known.member.meta;
-            known.member.addr = addr;
-            known.member.meta = meta;
+            let same_meta = *rec.meta == *meta;
+            meta_changed = addr != old_addr || !same_meta;
+            if addr != old_addr {
+                self.members.set_addr(id, addr);
+            }
+            if !same_meta {
+                let meta = self.metas.intern(meta);
+                if let Some(r) = self.members.get_mut(id) {
+                    r.meta = meta;
+                }
+            }
         }
-        let member = known.member.clone();
+        if let Some(r) = self.members.get_mut(id) {
+            r.set_version(v);
+        }
         let was_live = !old.state.is_terminal();
         let is_live_now = !v.state.is_terminal();
         if was_live {
@@ -615,35 +632,111 @@ impl Swim {
         match v.state {
             State::Alive => {
                 if !was_live || v.gen != old.gen {
-                    self.emit(Event::Up(member.clone()));
+                    self.emit_member(id, Event::Up);
                 } else {
                     if old.state == State::Suspect {
                         self.emit(Event::Alive(id));
                     }
                     if meta_changed {
-                        self.emit(Event::Updated(member.clone()));
+                        self.emit_member(id, Event::Updated);
                     }
                 }
             }
             State::Suspect => {
                 if !was_live || v.gen != old.gen {
-                    self.emit(Event::Up(member.clone()));
+                    self.emit_member(id, Event::Up);
                 }
                 self.emit(Event::Suspect(id));
                 self.start_suspicion(now, id, v, by);
             }
             State::Down | State::Left => {
-                self.tombstones.insert((now.saturating_add(self.cfg.tombstone_ttl), id));
+                self.set_tombstone(now, id);
                 if was_live || old.state != v.state {
                     self.emit(if v.state == State::Down { Event::Down(id) } else { Event::Left(id) });
                 }
             }
         }
+        if is_live_now && !was_live {
+            self.clear_tombstone(id);
+        }
         if regossip {
-            self.gossip.push(Update::of(&member, by));
+            self.queue_gossip(id, by);
         } else {
             // Whatever was pending about this member is now stale.
             self.gossip.remove(id);
+        }
+    }
+
+    /// [`Self::apply`] for a member not known before.
+    fn apply_new(
+        &mut self,
+        now: Instant,
+        id: NodeId,
+        v: Version,
+        by: NodeId,
+        info: Option<(Addr, Arc<Meta>)>,
+        regossip: bool,
+    ) {
+        match (v.state, info) {
+            (State::Suspect | State::Alive, Some((addr, meta))) => {
+                let meta = self.metas.intern(meta);
+                self.members.insert(id, v, addr, meta.clone());
+                self.digest_hash ^= member_hash(id, v.gen, v.inc);
+                self.became_live(id, v.gen);
+                self.emit(Event::Up(Member { id, addr, version: v, meta }));
+                if v.state == State::Suspect {
+                    self.emit(Event::Suspect(id));
+                    self.start_suspicion(now, id, v, by);
+                }
+            }
+            (State::Down | State::Left, info) => {
+                let (addr, meta) = info.unwrap_or_else(|| (Addr::UNSPECIFIED, Arc::default()));
+                let meta = self.metas.intern(meta);
+                self.members.insert(id, v, addr, meta);
+                self.set_tombstone(now, id);
+            }
+            _ => return,
+        }
+        if regossip {
+            self.queue_gossip(id, by);
+        }
+    }
+
+    /// Emits `event` with the current public view of member `id`.
+    fn emit_member(&mut self, id: NodeId, event: fn(Member) -> Event) {
+        if let Some(r) = self.members.get(id) {
+            let m = self.members.member(r);
+            self.emit(event(m));
+        }
+    }
+
+    /// The update that states what `rec` records (`by`: the suspecter, for a suspicion).
+    fn update_of(&self, rec: &Record, by: NodeId) -> Update {
+        update_of(&self.members, rec, by)
+    }
+
+    /// The update about `id` as known now (this member's own, or from its record).
+    fn current_update(&self, id: NodeId, by: NodeId) -> Option<Update> {
+        current_update(&self.members, &self.me, id, by)
+    }
+
+    fn queue_gossip(&mut self, id: NodeId, by: NodeId) {
+        if let Some(u) = self.current_update(id, by) {
+            self.gossip.push(&u);
+        }
+    }
+
+    /// Schedules the collection of `id`'s tombstone, replacing any earlier schedule.
+    fn set_tombstone(&mut self, now: Instant, id: NodeId) {
+        self.clear_tombstone(id);
+        let at = now.saturating_add(self.cfg.tombstone_ttl);
+        self.tombstones.insert((at, id));
+        self.tomb_due.insert(id, at);
+    }
+
+    fn clear_tombstone(&mut self, id: NodeId) {
+        if let Some(at) = self.tomb_due.remove(&id) {
+            self.tombstones.remove(&(at, id));
         }
     }
 
@@ -683,14 +776,14 @@ impl Swim {
             return;
         }
         self.set_me(self.me.version.gen, above + 1);
-        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip.push(&Update::of(&self.me, self.cfg.id));
     }
 
     fn renew(&mut self, dead_gen: u64) {
         let gen = dead_gen.max(self.me.version.gen).saturating_add(1).min(Version::MAX_VALID);
         self.set_me(gen, 0);
         self.emit(Event::Renewed { gen });
-        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip.push(&Update::of(&self.me, self.cfg.id));
     }
 
     fn set_me(&mut self, gen: u64, inc: u64) {
@@ -766,8 +859,7 @@ impl Swim {
         s.deadline = deadline;
         self.suspicion_deadlines.insert((deadline, id));
         // Re-gossip, so the confirmation reaches the others' timers too.
-        let Some(k) = self.members.get(&id) else { return };
-        self.gossip.push(Update::of(&k.member, by));
+        self.queue_gossip(id, by);
     }
 
     fn cancel_suspicion(&mut self, id: NodeId) {
@@ -802,16 +894,16 @@ impl Swim {
             while self.probe_pos < self.probe_order.len() {
                 let id = self.probe_order[self.probe_pos];
                 self.probe_pos += 1;
-                if self.members.get(&id).is_some_and(|k| is_live(&k.member)) {
+                if self.members.get(id).is_some_and(Record::is_live) {
                     return Some(id);
                 }
             }
             if pass == 0 {
                 // A round is over: a fresh shuffle of the live members (which also drops the dead).
-                let mut order: Vec<NodeId> =
-                    self.members.values().filter(|k| is_live(&k.member)).map(|k| k.member.id).collect();
-                shuffle(&mut self.rng, &mut order);
-                self.probe_order = order;
+                self.probe_order.clear();
+                self.probe_order.extend(self.members.iter().filter(|r| r.is_live()).map(|r| r.id));
+                self.probe_order.shrink_to(self.live);
+                shuffle(&mut self.rng, &mut self.probe_order);
                 self.probe_pos = 0;
             }
         }
@@ -832,8 +924,7 @@ impl Swim {
         let missed = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
         self.set_health(self.health + missed);
         self.stats.probe_failures += 1;
-        let Some(k) = self.members.get(&p.target) else { return };
-        let v = k.member.version;
+        let Some(v) = self.members.get(p.target).map(Record::version) else { return };
         if !v.state.is_terminal() {
             // Suspecting an already suspected member is an independent confirmation.
             let suspect = Version { state: State::Suspect, ..v };
@@ -843,7 +934,7 @@ impl Swim {
 
     fn start_probe(&mut self, now: Instant) {
         let Some(target) = self.pick_probe_target() else { return };
-        let Some(addr) = self.members.get(&target).map(|k| k.member.addr) else { return };
+        let Some(addr) = self.members.addr_of(target) else { return };
         let seq = self.next_seq();
         self.stats.probes += 1;
         self.probe = Some(Probe {
@@ -862,15 +953,15 @@ impl Swim {
 
     /// Buddy system: when the target is suspected, the suspicion rides first so it can refute.
     fn buddy(&self, target: NodeId) -> Option<Update> {
-        let k = self.members.get(&target)?;
-        (k.member.version.state == State::Suspect).then(|| Update::of(&k.member, self.cfg.id))
+        let r = self.members.get(target)?;
+        (r.state == State::Suspect).then(|| self.update_of(r, self.cfg.id))
     }
 
     fn send_indirect(&mut self) {
         let Some(p) = self.probe.as_ref() else { return };
         let (target, seq) = (p.target, p.seq);
         // The target may have been declared down (or left) since the round began.
-        let Some(addr) = self.members.get(&target).filter(|k| is_live(&k.member)).map(|k| k.member.addr) else {
+        let Some(addr) = self.members.get(target).filter(|r| r.is_live()).map(|r| self.members.addr(r)) else {
             self.probe = None;
             return;
         };
@@ -880,7 +971,7 @@ impl Swim {
             p.expected_nacks = helpers.len() as u32;
         }
         for h in helpers {
-            if let Some(haddr) = self.members.get(&h).map(|k| k.member.addr) {
+            if let Some(haddr) = self.members.addr_of(h) {
                 self.send(haddr, Body::PingReq { seq, target, addr }, None);
             }
         }
@@ -901,7 +992,7 @@ impl Swim {
                 .probe_order
                 .iter()
                 .copied()
-                .filter(|id| !exclude.contains(id) && self.members.get(id).is_some_and(|m| is_live(&m.member)))
+                .filter(|id| !exclude.contains(id) && self.members.get(*id).is_some_and(Record::is_live))
                 .collect();
             all.sort_unstable();
             all.dedup();
@@ -911,8 +1002,7 @@ impl Swim {
         }
         for _ in 0..8 * k {
             let id = self.probe_order[self.rng.next_u64() as usize % n];
-            if !exclude.contains(&id) && !out.contains(&id) && self.members.get(&id).is_some_and(|m| is_live(&m.member))
-            {
+            if !exclude.contains(&id) && !out.contains(&id) && self.members.get(id).is_some_and(Record::is_live) {
                 out.push(id);
                 if out.len() == k {
                     break;
@@ -946,7 +1036,8 @@ impl Swim {
             }
         }
         let limit = self.retransmit_limit();
-        self.gossip.take(budget, limit, skip, &mut packet.gossip);
+        let (members, me) = (&self.members, &self.me);
+        self.gossip.take(budget, limit, skip, &mut packet.gossip, |id, by| current_update(members, me, id, by));
         if packet.body == Body::Gossip && packet.gossip.is_empty() {
             return; // the queue ran dry part-way through a gossip round
         }
@@ -956,8 +1047,11 @@ impl Swim {
     fn push_send(&mut self, to: Addr, packet: &Packet) {
         // Sizes were budgeted exactly; an encoding error here is a bug, counted not sent.
         if let Ok(bytes) = wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.cfg.packet_bytes_max) {
+            let kind = packet.body.kind() as usize;
             self.stats.packets_sent += 1;
             self.stats.bytes_sent += bytes.len() as u64;
+            self.stats.sent_packets_by_kind[kind] += 1;
+            self.stats.sent_bytes_by_kind[kind] += bytes.len() as u64;
             self.actions.push_back(Action::Send { to, packet: bytes });
         }
     }
@@ -968,7 +1062,7 @@ impl Swim {
             return;
         }
         for id in self.random_live(self.cfg.gossip_fanout, &[]) {
-            if let Some(addr) = self.members.get(&id).map(|k| k.member.addr) {
+            if let Some(addr) = self.members.addr_of(id) {
                 self.send(addr, Body::Gossip, None);
             }
         }
@@ -976,9 +1070,7 @@ impl Swim {
 
     /// Sends this member's full state to `to`, in chunks that fit the packet limit.
     fn send_state(&mut self, to: Addr, seq: u32, reply: bool, join: bool) {
-        let mut all: Vec<&Member> = Vec::with_capacity(self.members.len() + 1);
-        all.push(&self.me);
-        all.extend(self.members.values().map(|k| &k.member));
+        let all = core::iter::once(self.me.clone()).chain(self.members.iter().map(|r| self.members.member(r)));
         let header = Packet {
             gen: self.me.version.gen,
             digest: self.digest(),
@@ -993,7 +1085,7 @@ impl Swim {
         let mut chunks: Vec<Vec<Member>> = alloc::vec![Vec::new()];
         let mut used = 0;
         for m in all {
-            let size = postcard::experimental::serialized_size(m).unwrap_or(usize::MAX);
+            let size = postcard::experimental::serialized_size(&m).unwrap_or(usize::MAX);
             if size > budget {
                 continue;
             }
@@ -1003,7 +1095,7 @@ impl Swim {
             }
             used += size;
             if let Some(c) = chunks.last_mut() {
-                c.push(m.clone());
+                c.push(m);
             }
         }
         let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
@@ -1020,7 +1112,7 @@ impl Swim {
     }
 
     fn push_pull_with(&mut self, id: NodeId, join: bool) {
-        let Some(addr) = self.members.get(&id).map(|k| k.member.addr) else { return };
+        let Some(addr) = self.members.addr_of(id) else { return };
         self.stats.push_pulls += 1;
         let seq = self.next_seq();
         self.send_state(addr, seq, false, join);
@@ -1041,11 +1133,9 @@ impl Swim {
                 break;
             }
             self.tombstones.pop_first();
-            let expired = self.members.get(&id).is_some_and(|k| {
-                k.member.version.state.is_terminal() && now >= k.since.saturating_add(self.cfg.tombstone_ttl)
-            });
-            if expired {
-                self.members.remove(&id);
+            self.tomb_due.remove(&id);
+            if self.members.get(id).is_some_and(|r| !r.is_live()) {
+                self.members.remove(id);
                 self.gossip.remove(id);
                 self.emit(Event::Forgotten(id));
             }
@@ -1063,7 +1153,7 @@ impl Machine for Swim {
         if self.leaving {
             if now >= self.next_gossip {
                 self.next_gossip = now.saturating_add(self.cfg.gossip_interval);
-                if self.gossip.get(self.cfg.id).is_none() {
+                if !self.gossip.contains(self.cfg.id) {
                     self.leave_done = true;
                     self.emit(Event::LeaveDone);
                     return;
@@ -1112,8 +1202,7 @@ impl Machine for Swim {
             if let Some(&id) = self.random_live(1, &[]).first() {
                 self.push_pull_with(id, false);
             }
-            let down: Vec<NodeId> =
-                self.members.values().filter(|k| k.member.version.state == State::Down).map(|k| k.member.id).collect();
+            let down: Vec<NodeId> = self.members.iter().filter(|r| r.state == State::Down).map(|r| r.id).collect();
             if !down.is_empty() {
                 let id = down[self.rng.next_u64() as usize % down.len()];
                 self.push_pull_with(id, false);
@@ -1163,35 +1252,61 @@ impl Machine for Swim {
 
     fn check_invariants(&self) {
         self.gossip.check();
-        assert!(!self.members.contains_key(&self.cfg.id), "{} lists itself as a member", self.cfg.id);
-        let live = self.members.values().filter(|k| is_live(&k.member)).count() + 1;
+        self.members.check();
+        for (id, by, size) in self.gossip.pending() {
+            let u = self.current_update(id, by);
+            assert!(u.is_some(), "{}: gossip pending about unknown {id}", self.cfg.id);
+            let now_size = u.map(|u| postcard::experimental::serialized_size(&u).unwrap_or(usize::MAX));
+            assert_eq!(now_size, Some(size), "{}: gossip about {id} changed without being queued again", self.cfg.id);
+        }
+        assert!(!self.members.contains(self.cfg.id), "{} lists itself as a member", self.cfg.id);
+        let live = self.members.iter().filter(|r| r.is_live()).count() + 1;
         assert_eq!(self.live, live, "{}: live count out of step", self.cfg.id);
         let v = self.me.version;
         let mut hash = member_hash(self.me.id, v.gen, v.inc);
-        for k in self.members.values().filter(|k| is_live(&k.member)) {
-            hash ^= member_hash(k.member.id, k.member.version.gen, k.member.version.inc);
+        for r in self.members.iter().filter(|r| r.is_live()) {
+            hash ^= member_hash(r.id, r.gen, r.inc);
         }
         assert_eq!(self.digest_hash, hash, "{}: digest out of step", self.cfg.id);
-        let live_gens =
-            self.members.values().filter(|k| is_live(&k.member)).map(|k| (k.member.id, k.member.version.gen, 0));
+        let live_gens = self.members.iter().filter(|r| r.is_live()).map(|r| (r.id, r.gen, 0));
         let view = Digest::of(core::iter::once((self.me.id, v.gen, 0)).chain(live_gens));
         assert_eq!(self.view(), view, "{}: view fingerprint out of step", self.cfg.id);
         assert_eq!(self.suspicions.len(), self.suspicion_deadlines.len(), "suspicion index out of step");
         for (id, s) in &self.suspicions {
-            let m = &self.members[id].member;
-            assert_eq!(m.version, s.version, "{}: suspicion of {id} for a version no longer held", self.cfg.id);
+            let r = self.members.get(*id).map(Record::version);
+            assert_eq!(r, Some(s.version), "{}: suspicion of {id} for a version no longer held", self.cfg.id);
             assert!(self.suspicion_deadlines.contains(&(s.deadline, *id)));
         }
+        assert_eq!(self.tombstones.len(), self.tomb_due.len(), "tombstone index out of step");
+        for (id, at) in &self.tomb_due {
+            assert!(self.tombstones.contains(&(*at, *id)), "tombstone index out of step for {id}");
+            assert!(self.members.get(*id).is_some_and(|r| !r.is_live()), "{}: tombstone for live {id}", self.cfg.id);
+        }
+        let dead = self.members.iter().filter(|r| !r.is_live()).count();
+        assert_eq!(dead, self.tomb_due.len(), "{}: a Down or Left member without a tombstone", self.cfg.id);
         assert!(self.health < self.cfg.health_max, "health score above its ceiling");
         assert!(self.indirect.len() <= INDIRECT_MAX);
-        for k in self.members.values() {
-            assert!(k.member.version.gen <= Version::MAX_VALID && k.member.version.inc <= Version::MAX_VALID);
+        for r in self.members.iter() {
+            assert!(r.gen <= Version::MAX_VALID && r.inc <= Version::MAX_VALID);
         }
     }
 }
 
-fn is_live(m: &Member) -> bool {
-    !m.version.state.is_terminal()
+fn update_of(members: &MemberTable, rec: &Record, by: NodeId) -> Update {
+    let (id, gen, inc) = (rec.id, rec.gen, rec.inc);
+    match rec.state {
+        State::Alive => Update::Alive { id, gen, inc, addr: members.addr(rec), meta: rec.meta.clone() },
+        State::Suspect => Update::Suspect { id, gen, inc, by },
+        State::Down => Update::Down { id, gen, inc },
+        State::Left => Update::Left { id, gen, inc },
+    }
+}
+
+fn current_update(members: &MemberTable, me: &Member, id: NodeId, by: NodeId) -> Option<Update> {
+    if id == me.id {
+        return Some(Update::of(me, me.id));
+    }
+    members.get(id).map(|r| update_of(members, r, by))
 }
 
 fn shuffle<T>(rng: &mut ChaCha8Rng, v: &mut [T]) {
@@ -1208,19 +1323,9 @@ fn claim_by(u: &Update, sender: NodeId) -> NodeId {
     }
 }
 
-fn info_of(u: Update) -> Option<(Addr, Meta)> {
+fn info_of(u: Update) -> Option<(Addr, Arc<Meta>)> {
     match u {
         Update::Alive { addr, meta, .. } => Some((addr, meta)),
         _ => None,
-    }
-}
-
-trait OrDefaultAddr {
-    fn unwrap_or_default_addr(self) -> (Addr, Meta);
-}
-
-impl OrDefaultAddr for Option<(Addr, Meta)> {
-    fn unwrap_or_default_addr(self) -> (Addr, Meta) {
-        self.unwrap_or((Addr::UNSPECIFIED, Meta::default()))
     }
 }

@@ -259,7 +259,7 @@ fn a_restarted_member_with_an_old_generation_is_never_ignored() {
 #[test]
 fn a_stale_alive_never_resurrects_a_dead_generation() {
     let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
-    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: Meta::default() };
+    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: Arc::default() };
     let feed = |s: &mut Swim, u: Update| {
         let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
         let bytes = crate::wire::encode(CLUSTER, id(9), &p, 1400).unwrap();
@@ -269,7 +269,7 @@ fn a_stale_alive_never_resurrects_a_dead_generation() {
     feed(&mut s, Update::Down { id: id(5), gen: 3, inc: 2 });
     feed(&mut s, alive(9));
     assert_eq!(s.member(id(5)).unwrap().version.state, State::Down);
-    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: Meta::default() });
+    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: Arc::default() });
     assert_eq!(s.member(id(5)).unwrap().version, Version { gen: 4, inc: 0, state: State::Alive });
     s.check_invariants();
 }
@@ -325,7 +325,7 @@ fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
             gen: 1,
             digest: Digest::default(),
             body: Body::Gossip,
-            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta }],
+            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::new(meta) }],
         };
         let bytes = crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap();
         s.handle_packet(Instant::ZERO, addr(i), &bytes).unwrap();
@@ -394,7 +394,7 @@ fn arb_update() -> impl Strategy<Value = Update> {
                 gen,
                 inc,
                 addr: addr(w as usize),
-                meta: Meta { weight: u32::from(z), ..Meta::default() },
+                meta: Arc::new(Meta { weight: u32::from(z), ..Meta::default() }),
             },
             1 => Update::Suspect { id, gen, inc, by: NodeId(9) },
             2 => Update::Down { id, gen, inc },
