@@ -797,12 +797,15 @@ impl Swim {
     fn became_live(&mut self, id: NodeId, gen: u64) {
         self.live += 1;
         self.view_hash ^= member_hash(id, gen, 0);
-        // New members go to a random place in the probe order, so they are probed this round.
-        let at =
-            if self.probe_order.is_empty() { 0 } else { self.rng.next_u64() as usize % (self.probe_order.len() + 1) };
-        self.probe_order.insert(at, id);
-        if at < self.probe_pos {
-            self.probe_pos += 1;
+        // New members go to a random place in the rest of this round, so they are probed in it;
+        // the member they displace moves to the end, still in this round. O(1), where an insert
+        // would move the whole order of a large cluster.
+        self.probe_order.push(id);
+        let rest = self.probe_order.len() - self.probe_pos.min(self.probe_order.len());
+        if rest > 1 {
+            let at = self.probe_pos + self.rng.next_u64() as usize % rest;
+            let last = self.probe_order.len() - 1;
+            self.probe_order.swap(at, last);
         }
     }
 
