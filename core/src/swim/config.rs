@@ -26,6 +26,12 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Members asked to probe indirectly when a direct probe times out (k).
     pub indirect_probes: usize,
+    /// Waves of indirect probes per round: after the first (Lifeguard's, at `probe_timeout`),
+    /// each further wave asks `k` other members halfway through what is left of the probe
+    /// interval, only while no ack has come. Under heavy loss this cuts the rounds that fail
+    /// while the target is alive, and so the suspicions and refutations every member must
+    /// hear about, at no cost on a healthy network. 1 is classic SWIM.
+    pub indirect_waves: u32,
     /// Suspicion timeout at full confirmation: `suspicion_mult · max(1, log10 n) · probe_interval`.
     /// Also sets the confirmations expected: `suspicion_mult - 2`.
     pub suspicion_mult: u32,
@@ -87,6 +93,7 @@ impl Config {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_probes: 3,
+            indirect_waves: 2,
             suspicion_mult: 4,
             suspicion_max_mult: 6,
             retransmit_mult: 4,
@@ -118,6 +125,9 @@ impl Config {
         }
         if self.indirect_probes > 16 {
             return bad("indirect_probes", "must be at most 16 (3 is usual)");
+        }
+        if !(1..=4).contains(&self.indirect_waves) {
+            return bad("indirect_waves", "must be between 1 and 4 (2 is usual)");
         }
         if self.suspicion_mult < 1 {
             return bad("suspicion_mult", "must be at least 1 (4 is usual)");

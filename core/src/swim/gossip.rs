@@ -43,6 +43,11 @@ impl GossipQueue {
 
     /// Queues `update`, replacing any pending update about the same member.
     pub fn push(&mut self, update: &Update) {
+        self.push_sent(update, 0);
+    }
+
+    /// Queues `update` as if already sent `sends` times: it goes after news and retires sooner.
+    pub fn push_sent(&mut self, update: &Update, sends: u32) {
         let id = update.id();
         self.remove(id);
         let size = postcard::experimental::serialized_size(update).unwrap_or(usize::MAX);
@@ -52,8 +57,8 @@ impl GossipQueue {
         };
         self.next_seq += 1;
         let seq = self.next_seq;
-        self.order.insert((0, Reverse(seq), id));
-        self.items.insert(id, Queued { by, size, sends: 0, seq });
+        self.order.insert((sends, Reverse(seq), id));
+        self.items.insert(id, Queued { by, size, sends, seq });
         while self.items.len() > self.max {
             let Some(&victim) = self.order.iter().rev().find(|(_, _, v)| *v != self.own) else { break };
             self.order.remove(&victim);
@@ -90,14 +95,14 @@ impl GossipQueue {
     }
 
     /// Takes updates whose encodings fit `budget` bytes, fewest sends first, then newest; each
-    /// taken update counts one send and is dropped after `limit` sends. `skip` is left out (it
-    /// was already placed first, as the buddy-system warning). `current(id, by)` rebuilds the
+    /// taken update counts one send and is dropped after `limit` sends. Members in `skip` are
+    /// left out (updates about them were already placed first, as warnings or corrections). `current(id, by)` rebuilds the
     /// update about `id` from what is known now.
     pub fn take(
         &mut self,
         mut budget: usize,
         limit: u32,
-        skip: Option<NodeId>,
+        skip: &[NodeId],
         out: &mut Vec<Update>,
         current: impl Fn(NodeId, NodeId) -> Option<Update>,
     ) {
@@ -106,7 +111,7 @@ impl GossipQueue {
             if budget < MIN_UPDATE_BYTES {
                 break;
             }
-            if Some(id) == skip {
+            if skip.contains(&id) {
                 continue;
             }
             if let Some(q) = self.items.get(&id) {
@@ -166,7 +171,7 @@ mod tests {
             self.0.insert(u.id(), u);
         }
 
-        fn take(&self, q: &mut GossipQueue, budget: usize, limit: u32, skip: Option<NodeId>, out: &mut Vec<Update>) {
+        fn take(&self, q: &mut GossipQueue, budget: usize, limit: u32, skip: &[NodeId], out: &mut Vec<Update>) {
             q.take(budget, limit, skip, out, |id, _| self.0.get(&id).cloned());
         }
     }
@@ -178,11 +183,11 @@ mod tests {
         k.push(&mut q, down(1));
         k.push(&mut q, down(2));
         let mut out = Vec::new();
-        k.take(&mut q, 1000, 2, None, &mut out);
+        k.take(&mut q, 1000, 2, &[], &mut out);
         assert_eq!(out, vec![down(2), down(1)]);
         k.push(&mut q, down(3));
         out.clear();
-        k.take(&mut q, 1000, 2, None, &mut out);
+        k.take(&mut q, 1000, 2, &[], &mut out);
         assert_eq!(out, vec![down(3), down(2), down(1)], "fresh update first, then by age");
         assert_eq!(q.len(), 1, "1 and 2 reached the limit");
         q.check();
@@ -197,11 +202,11 @@ mod tests {
         }
         let one = postcard::experimental::serialized_size(&down(100)).unwrap();
         let mut out = Vec::new();
-        k.take(&mut q, one * 10, 5, None, &mut out);
+        k.take(&mut q, one * 10, 5, &[], &mut out);
         assert_eq!(out.len(), 10);
         k.push(&mut q, Update::Down { id: NodeId(100), gen: 2, inc: 0 });
         out.clear();
-        k.take(&mut q, one, 5, Some(NodeId(99)), &mut out);
+        k.take(&mut q, one, 5, &[NodeId(99)], &mut out);
         assert_eq!(out, vec![Update::Down { id: NodeId(100), gen: 2, inc: 0 }]);
         q.check();
     }
@@ -213,7 +218,7 @@ mod tests {
         k.push(&mut q, down(1));
         k.push(&mut q, down(2));
         let mut out = Vec::new();
-        k.take(&mut q, 1000, 9, None, &mut out);
+        k.take(&mut q, 1000, 9, &[], &mut out);
         k.push(&mut q, down(3));
         k.push(&mut q, down(4));
         assert_eq!(q.len(), 3);
@@ -229,10 +234,10 @@ mod tests {
         let mut q = GossipQueue::new(10, NodeId(9));
         q.push(&Update::Suspect { id: NodeId(2), gen: 1, inc: 0, by: NodeId(7) });
         let mut out = Vec::new();
-        q.take(1000, 3, None, &mut out, |id, by| Some(Update::Suspect { id, gen: 1, inc: 0, by }));
+        q.take(1000, 3, &[], &mut out, |id, by| Some(Update::Suspect { id, gen: 1, inc: 0, by }));
         assert_eq!(out, vec![Update::Suspect { id: NodeId(2), gen: 1, inc: 0, by: NodeId(7) }], "the claimant is kept");
         out.clear();
-        q.take(1000, 3, None, &mut out, |_, _| None);
+        q.take(1000, 3, &[], &mut out, |_, _| None);
         assert!(out.is_empty() && q.len() == 0, "an entry whose member is gone is dropped");
     }
 }

@@ -178,6 +178,8 @@ pub struct Stats {
     pub refutations: u64,
     /// Full-state exchanges started.
     pub push_pulls: u64,
+    /// Stale suspicions answered with the refutation this member held.
+    pub corrections: u64,
     /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
     pub sent_packets_by_kind: [u64; Kind::COUNT],
     /// Bytes sent, by [`Kind`] (index with `kind as usize`).
@@ -187,8 +189,12 @@ pub struct Stats {
 struct Probe {
     target: NodeId,
     seq: u32,
+    /// When the next indirect wave goes out, while waves remain.
     indirect_at: Instant,
-    indirect_sent: bool,
+    /// Indirect waves sent so far.
+    waves: u32,
+    /// Helpers asked so far (a later wave asks others).
+    helpers: Vec<NodeId>,
     acked: bool,
     direct_ack: bool,
     nacks: u32,
@@ -206,6 +212,8 @@ struct Suspicion {
     start: Instant,
     confirmers: Vec<NodeId>,
     deadline: Instant,
+    /// Halfway to the deadline, until it has been done: the last call.
+    recheck: Option<Instant>,
 }
 
 /// Indirect probes this member runs for others at once; more are refused (flood bound).
@@ -214,6 +222,8 @@ const INDIRECT_MAX: usize = 256;
 const ANSWERED_MAX: usize = 64;
 /// Room left in every packet for the envelope and the gossip list's length.
 const GOSSIP_SLACK: usize = 4;
+/// Corrections of stale suspicions sent back for one received packet.
+const CORRECTIONS_MAX: usize = 4;
 
 /// One SWIM member. See the [module docs](self).
 pub struct Swim {
@@ -232,6 +242,7 @@ pub struct Swim {
     indirect: BTreeMap<u32, Indirect>,
     suspicions: BTreeMap<NodeId, Suspicion>,
     suspicion_deadlines: BTreeSet<(Instant, NodeId)>,
+    suspicion_rechecks: BTreeSet<(Instant, NodeId)>,
     /// When each Down or Left member's tombstone is collected, in both orders.
     tombstones: BTreeSet<(Instant, NodeId)>,
     tomb_due: BTreeMap<NodeId, Instant>,
@@ -294,6 +305,7 @@ impl Swim {
             indirect: BTreeMap::new(),
             suspicions: BTreeMap::new(),
             suspicion_deadlines: BTreeSet::new(),
+            suspicion_rechecks: BTreeSet::new(),
             tombstones: BTreeSet::new(),
             tomb_due: BTreeMap::new(),
             gossip,
@@ -468,8 +480,21 @@ impl Swim {
         }
         let sender = env.from;
         let packet = env.body;
+        let mut corrections = Vec::new();
+        let me_before = self.me.version;
         for u in packet.gossip {
-            self.apply(now, u.id(), u.version(), claim_by(&u, sender), info_of(u), true);
+            if corrections.len() < CORRECTIONS_MAX {
+                if let Some(c) = self.correction(&u) {
+                    self.stats.corrections += 1;
+                    corrections.push(c);
+                }
+            }
+            let _ = self.apply(now, u.id(), u.version(), claim_by(&u, sender), info_of(u), true);
+        }
+        // This packet made this member refute a suspicion or renew: the sender, who holds the
+        // claim it answers, hears the answer first (it also spreads by gossip).
+        if self.me.version != me_before && !self.leaving {
+            corrections.insert(0, Update::of(&self.me, self.cfg.id));
         }
         // A sender we hold for dead in its generation learns so first, and renews.
         let warn = self
@@ -479,7 +504,8 @@ impl Swim {
         match packet.body {
             Body::Ping { seq, target } => {
                 if target == self.cfg.id {
-                    self.send(from, Body::Ack { seq }, warn);
+                    let first = warn.into_iter().chain(core::mem::take(&mut corrections)).collect();
+                    self.send(from, Body::Ack { seq }, first);
                 }
             }
             Body::Ack { seq } => self.on_ack(seq),
@@ -494,13 +520,13 @@ impl Swim {
                     let nack_at = now.saturating_add(self.scaled(self.cfg.probe_timeout) * 4 / 5);
                     self.indirect.insert(my_seq, Indirect { requester: from, seq, nack_at });
                     let buddy = self.buddy(target);
-                    self.send(addr, Body::Ping { seq: my_seq, target }, buddy);
+                    self.send(addr, Body::Ping { seq: my_seq, target }, buddy.into_iter().collect());
                 }
             }
             Body::PushPull { seq, reply, join, members, .. } => {
                 for m in members {
                     let info = (m.addr != Addr::UNSPECIFIED).then_some((m.addr, m.meta));
-                    self.apply(now, m.id, m.version, sender, info, m.id == sender);
+                    let _ = self.apply(now, m.id, m.version, sender, info, m.id == sender);
                 }
                 if reply {
                     if !self.joined {
@@ -518,9 +544,12 @@ impl Swim {
             }
             Body::Gossip => {
                 if let Some(w) = warn {
-                    self.send(from, Body::Gossip, Some(w));
+                    corrections.insert(0, w);
                 }
             }
+        }
+        if !corrections.is_empty() {
+            self.send(from, Body::Gossip, corrections);
         }
         // Views that keep differing are repaired by a full-state exchange with the sender. A
         // difference in incarnations only is usually an update still spreading, so it must
@@ -542,16 +571,33 @@ impl Swim {
         Ok(())
     }
 
+    /// When `u` is a suspicion older than a refutation this member holds (the suspect's own
+    /// `Alive` at a higher incarnation or generation, or this member's own life), the sender
+    /// missed the refutation: the update that tells it, sent straight back. A refutation lost
+    /// on its way to one member would otherwise let that member's timer bury a live member.
+    /// At most [`CORRECTIONS_MAX`] go back per received packet.
+    fn correction(&self, u: &Update) -> Option<Update> {
+        let Update::Suspect { id, .. } = *u else { return None };
+        let v = u.version();
+        if id == self.cfg.id {
+            let mine = self.me.version;
+            let stale = mine.state == State::Alive && (v.gen < mine.gen || (v.gen == mine.gen && v.inc < mine.inc));
+            return stale.then(|| Update::of(&self.me, self.cfg.id));
+        }
+        let r = self.members.get(id)?;
+        (r.state == State::Alive && r.version().supersedes(&v)).then(|| self.update_of(r, self.cfg.id))
+    }
+
     fn on_ack(&mut self, seq: u32) {
         if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
             if !p.acked {
                 p.acked = true;
-                p.direct_ack = !p.indirect_sent;
+                p.direct_ack = p.waves == 0;
             }
             return;
         }
         if let Some(ind) = self.indirect.remove(&seq) {
-            self.send(ind.requester, Body::Ack { seq: ind.seq }, None);
+            self.send(ind.requester, Body::Ack { seq: ind.seq }, Vec::new());
         }
     }
 
@@ -570,30 +616,29 @@ impl Swim {
         by: NodeId,
         info: Option<(Addr, Arc<Meta>)>,
         regossip: bool,
-    ) {
+    ) -> bool {
         if id == NodeId::NONE {
-            return;
+            return false;
         }
         if id == self.cfg.id {
             self.about_me(v);
-            return;
+            return false;
         }
         let Some(rec) = self.members.get(id) else {
-            self.apply_new(now, id, v, by, info, regossip);
-            return;
+            return self.apply_new(now, id, v, by, info, regossip);
         };
         let old = rec.version();
         let old_addr = self.members.addr(rec);
         // A member known only from a tombstone has no address: a live claim without one cannot
         // be acted on, and ignoring it keeps the view independent of delivery order.
         if info.is_none() && !v.state.is_terminal() && old_addr == Addr::UNSPECIFIED {
-            return;
+            return false;
         }
         if !v.supersedes(&old) {
             if v == old && v.state == State::Suspect {
                 self.confirm_suspicion(id, v, by);
             }
-            return;
+            return false;
         }
         let mut meta_changed = false;
         if let Some((addr, meta)) = info {
@@ -665,6 +710,7 @@ impl Swim {
             // Whatever was pending about this member is now stale.
             self.gossip.remove(id);
         }
+        true
     }
 
     /// [`Self::apply`] for a member not known before.
@@ -676,7 +722,7 @@ impl Swim {
         by: NodeId,
         info: Option<(Addr, Arc<Meta>)>,
         regossip: bool,
-    ) {
+    ) -> bool {
         match (v.state, info) {
             (State::Suspect | State::Alive, Some((addr, meta))) => {
                 let meta = self.metas.intern(meta);
@@ -695,11 +741,12 @@ impl Swim {
                 self.members.insert(id, v, addr, meta);
                 self.set_tombstone(now, id);
             }
-            _ => return,
+            _ => return false,
         }
         if regossip {
             self.queue_gossip(id, by);
         }
+        true
     }
 
     /// Emits `event` with the current public view of member `id`.
@@ -844,8 +891,23 @@ impl Swim {
     fn start_suspicion(&mut self, now: Instant, id: NodeId, version: Version, by: NodeId) {
         self.cancel_suspicion(id);
         let deadline = now.saturating_add(self.suspicion_timeout(0));
-        self.suspicions.insert(id, Suspicion { version, start: now, confirmers: alloc::vec![by], deadline });
+        let recheck = halfway(now, deadline);
+        let s = Suspicion { version, start: now, confirmers: alloc::vec![by], deadline, recheck: Some(recheck) };
+        self.suspicions.insert(id, s);
         self.suspicion_deadlines.insert((deadline, id));
+        self.suspicion_rechecks.insert((recheck, id));
+    }
+
+    /// The last call: a suspicion still open halfway to its deadline goes out once more (queued
+    /// as already sent `gossip_fanout` times, so it costs fewer sends than news). A refutation
+    /// spreads in a burst of a second or two; a member that
+    /// missed all of it has its suspicion answered by a correction from whoever got it
+    /// ([`Self::correction`]), instead of burying a live member when its timer runs out.
+    fn recheck_suspicion(&mut self, id: NodeId) {
+        let Some(s) = self.suspicions.get_mut(&id) else { return };
+        s.recheck = None;
+        let Some(u) = self.current_update(id, self.cfg.id) else { return };
+        self.gossip.push_sent(&u, self.cfg.gossip_fanout as u32);
     }
 
     fn confirm_suspicion(&mut self, id: NodeId, v: Version, by: NodeId) {
@@ -861,6 +923,12 @@ impl Swim {
         self.suspicion_deadlines.remove(&(s.deadline, id));
         s.deadline = deadline;
         self.suspicion_deadlines.insert((deadline, id));
+        if let Some(at) = s.recheck {
+            let again = halfway(s.start, deadline);
+            self.suspicion_rechecks.remove(&(at, id));
+            self.suspicion_rechecks.insert((again, id));
+            s.recheck = Some(again);
+        }
         // Re-gossip, so the confirmation reaches the others' timers too.
         self.queue_gossip(id, by);
     }
@@ -868,6 +936,9 @@ impl Swim {
     fn cancel_suspicion(&mut self, id: NodeId) {
         if let Some(s) = self.suspicions.remove(&id) {
             self.suspicion_deadlines.remove(&(s.deadline, id));
+            if let Some(at) = s.recheck {
+                self.suspicion_rechecks.remove(&(at, id));
+            }
         }
     }
 
@@ -931,7 +1002,13 @@ impl Swim {
         if !v.state.is_terminal() {
             // Suspecting an already suspected member is an independent confirmation.
             let suspect = Version { state: State::Suspect, ..v };
-            self.apply(now, p.target, suspect, self.cfg.id, None, true);
+            let raised = self.apply(now, p.target, suspect, self.cfg.id, None, true) && v.state == State::Alive;
+            // Buddy system, at once: the member that raises a suspicion tells the suspect
+            // itself, rather than waiting for gossip (which may all be lost) to reach it.
+            if let Some(r) = self.members.get(p.target).filter(|_| raised) {
+                let (addr, u) = (self.members.addr(r), self.update_of(r, self.cfg.id));
+                self.send(addr, Body::Gossip, alloc::vec![u]);
+            }
         }
     }
 
@@ -944,14 +1021,15 @@ impl Swim {
             target,
             seq,
             indirect_at: now.saturating_add(self.scaled(self.cfg.probe_timeout)),
-            indirect_sent: false,
+            waves: 0,
+            helpers: Vec::new(),
             acked: false,
             direct_ack: false,
             nacks: 0,
             expected_nacks: 0,
         });
         let buddy = self.buddy(target);
-        self.send(addr, Body::Ping { seq, target }, buddy);
+        self.send(addr, Body::Ping { seq, target }, buddy.into_iter().collect());
     }
 
     /// Buddy system: when the target is suspected, the suspicion rides first so it can refute.
@@ -960,7 +1038,10 @@ impl Swim {
         (r.state == State::Suspect).then(|| self.update_of(r, self.cfg.id))
     }
 
-    fn send_indirect(&mut self) {
+    /// An indirect wave: `k` helpers not asked before probe the target, and the target gets one
+    /// more direct try. The first wave's helpers owe nacks (Lifeguard); a later wave goes out
+    /// halfway through what is left of the period, so its nacks would come too late to count.
+    fn send_indirect(&mut self, now: Instant) {
         let Some(p) = self.probe.as_ref() else { return };
         let (target, seq) = (p.target, p.seq);
         // The target may have been declared down (or left) since the round began.
@@ -968,19 +1049,26 @@ impl Swim {
             self.probe = None;
             return;
         };
-        let helpers = self.random_live(self.cfg.indirect_probes, &[target]);
+        let mut exclude = p.helpers.clone();
+        exclude.push(target);
+        let helpers = self.random_live(self.cfg.indirect_probes, &exclude);
+        let end = self.next_probe;
         if let Some(p) = self.probe.as_mut() {
-            p.indirect_sent = true;
-            p.expected_nacks = helpers.len() as u32;
+            if p.waves == 0 {
+                p.expected_nacks = helpers.len() as u32;
+            }
+            p.waves += 1;
+            p.helpers.extend_from_slice(&helpers);
+            p.indirect_at = now.saturating_add(end.saturating_duration_since(now) / 2);
         }
         for h in helpers {
             if let Some(haddr) = self.members.addr_of(h) {
-                self.send(haddr, Body::PingReq { seq, target, addr }, None);
+                self.send(haddr, Body::PingReq { seq, target, addr }, Vec::new());
             }
         }
         // Lifeguard/memberlist: also retry the target directly, in case only the first ping was lost.
         let buddy = self.buddy(target);
-        self.send(addr, Body::Ping { seq, target }, buddy);
+        self.send(addr, Body::Ping { seq, target }, buddy.into_iter().collect());
     }
 
     /// Up to `k` distinct live members other than those in `exclude`, at random.
@@ -1023,15 +1111,17 @@ impl Swim {
         self.cfg.retransmit_mult * digits
     }
 
-    fn send(&mut self, to: Addr, body: Body, first: Option<Update>) {
+    /// Sends `body` with piggybacked gossip: `first` (warnings and corrections for this
+    /// receiver) ahead of the queue's updates.
+    fn send(&mut self, to: Addr, body: Body, first: Vec<Update>) {
         let mut packet = Packet { gen: self.me.version.gen, digest: self.digest(), body, gossip: Vec::new() };
         let base = postcard::experimental::serialized_size(&packet).unwrap_or(usize::MAX)
             + postcard::experimental::serialized_size(&(self.cfg.cluster_id, self.cfg.id)).unwrap_or(usize::MAX)
             + wire::HEADER_BYTES
             + GOSSIP_SLACK;
         let mut budget = self.cfg.packet_bytes_max.saturating_sub(base);
-        let skip = first.as_ref().map(Update::id);
-        if let Some(u) = first {
+        let skip: Vec<NodeId> = first.iter().map(Update::id).collect();
+        for u in first {
             let size = postcard::experimental::serialized_size(&u).unwrap_or(usize::MAX);
             if size <= budget {
                 budget -= size;
@@ -1040,7 +1130,7 @@ impl Swim {
         }
         let limit = self.retransmit_limit();
         let (members, me) = (&self.members, &self.me);
-        self.gossip.take(budget, limit, skip, &mut packet.gossip, |id, by| current_update(members, me, id, by));
+        self.gossip.take(budget, limit, &skip, &mut packet.gossip, |id, by| current_update(members, me, id, by));
         if packet.body == Body::Gossip && packet.gossip.is_empty() {
             return; // the queue ran dry part-way through a gossip round
         }
@@ -1059,6 +1149,7 @@ impl Swim {
         }
     }
 
+    /// A gossip-only round to `gossip_fanout` random members, while anything is pending.
     fn gossip_round(&mut self, now: Instant) {
         let _ = now;
         if self.gossip.len() == 0 {
@@ -1066,7 +1157,7 @@ impl Swim {
         }
         for id in self.random_live(self.cfg.gossip_fanout, &[]) {
             if let Some(addr) = self.members.addr_of(id) {
-                self.send(addr, Body::Gossip, None);
+                self.send(addr, Body::Gossip, Vec::new());
             }
         }
     }
@@ -1166,9 +1257,13 @@ impl Machine for Swim {
             return;
         }
         // Probing.
-        let indirect_due = self.probe.as_ref().is_some_and(|p| !p.acked && !p.indirect_sent && now >= p.indirect_at);
+        let waves = self.cfg.indirect_waves;
+        let indirect_due = self
+            .probe
+            .as_ref()
+            .is_some_and(|p| !p.acked && p.waves < waves && now >= p.indirect_at && now < self.next_probe);
         if indirect_due {
-            self.send_indirect();
+            self.send_indirect(now);
         }
         if now >= self.next_probe {
             self.finish_probe(now);
@@ -1179,18 +1274,28 @@ impl Machine for Swim {
         let due: Vec<u32> = self.indirect.iter().filter(|(_, i)| now >= i.nack_at).map(|(s, _)| *s).collect();
         for s in due {
             if let Some(ind) = self.indirect.remove(&s) {
-                self.send(ind.requester, Body::Nack { seq: ind.seq }, None);
+                self.send(ind.requester, Body::Nack { seq: ind.seq }, Vec::new());
             }
         }
-        // Suspicions that ran out.
+        // Suspicions halfway to their deadline, then those that ran out.
+        while let Some(&(at, id)) = self.suspicion_rechecks.first() {
+            if at > now {
+                break;
+            }
+            self.suspicion_rechecks.pop_first();
+            self.recheck_suspicion(id);
+        }
         while let Some(&(at, id)) = self.suspicion_deadlines.first() {
             if at > now {
                 break;
             }
             self.suspicion_deadlines.pop_first();
             if let Some(s) = self.suspicions.remove(&id) {
+                if let Some(r) = s.recheck {
+                    self.suspicion_rechecks.remove(&(r, id));
+                }
                 let down = Version { state: State::Down, ..s.version };
-                self.apply(now, id, down, self.cfg.id, None, true);
+                let _ = self.apply(now, id, down, self.cfg.id, None, true);
             }
         }
         // Gossip-only round.
@@ -1244,11 +1349,12 @@ impl Machine for Swim {
             return Some(self.next_gossip);
         }
         let mut t = Some(self.next_probe.min(self.next_gossip).min(self.next_push_pull));
-        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && !p.indirect_sent) {
+        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && p.waves < self.cfg.indirect_waves) {
             t = earliest(t, Some(p.indirect_at));
         }
         t = earliest(t, self.indirect.values().map(|i| i.nack_at).min());
         t = earliest(t, self.suspicion_deadlines.first().map(|(at, _)| *at));
+        t = earliest(t, self.suspicion_rechecks.first().map(|(at, _)| *at));
         t = earliest(t, self.tombstones.first().map(|(at, _)| *at));
         earliest(t, self.next_join)
     }
@@ -1279,7 +1385,12 @@ impl Machine for Swim {
             let r = self.members.get(*id).map(Record::version);
             assert_eq!(r, Some(s.version), "{}: suspicion of {id} for a version no longer held", self.cfg.id);
             assert!(self.suspicion_deadlines.contains(&(s.deadline, *id)));
+            if let Some(at) = s.recheck {
+                assert!(self.suspicion_rechecks.contains(&(at, *id)), "suspicion recheck index out of step");
+            }
         }
+        let rechecks = self.suspicions.values().filter(|s| s.recheck.is_some()).count();
+        assert_eq!(rechecks, self.suspicion_rechecks.len(), "suspicion recheck index out of step");
         assert_eq!(self.tombstones.len(), self.tomb_due.len(), "tombstone index out of step");
         for (id, at) in &self.tomb_due {
             assert!(self.tombstones.contains(&(*at, *id)), "tombstone index out of step for {id}");
@@ -1310,6 +1421,11 @@ fn current_update(members: &MemberTable, me: &Member, id: NodeId, by: NodeId) ->
         return Some(Update::of(me, me.id));
     }
     members.get(id).map(|r| update_of(members, r, by))
+}
+
+/// The instant halfway from `a` to `b`.
+fn halfway(a: Instant, b: Instant) -> Instant {
+    a.saturating_add(b.saturating_duration_since(a) / 2)
 }
 
 fn shuffle<T>(rng: &mut ChaCha8Rng, v: &mut [T]) {

@@ -193,6 +193,88 @@ fn lifeguard_indirect_probers_nack_when_the_target_is_silent() {
     assert_eq!(net.node(0).health(), 0, "nacks show the prober it is healthy");
 }
 
+#[test]
+fn a_second_indirect_wave_asks_other_helpers_while_no_ack_has_come() {
+    let waves = |w: u32| {
+        let mut net = Net::with(10, |i| Config { indirect_waves: w, ..config(i) });
+        net.run_for(Duration::from_secs(20));
+        net.sent.clear();
+        net.nodes[9] = None;
+        net.run_for(Duration::from_secs(12));
+        let mut rounds: BTreeMap<(usize, u32), Vec<usize>> = BTreeMap::new();
+        for (f, to, p) in &net.sent {
+            if let Body::PingReq { seq, target, .. } = p.body {
+                if target == id(9) {
+                    rounds.entry((*f, seq)).or_default().push(*to);
+                }
+            }
+        }
+        assert!(rounds.len() >= 3, "members probed the crashed one: {rounds:?}");
+        rounds
+    };
+    for helpers in waves(1).values() {
+        assert_eq!(helpers.len(), 3, "one wave of k = 3");
+    }
+    for helpers in waves(2).values() {
+        let distinct: BTreeSet<_> = helpers.iter().collect();
+        assert_eq!((helpers.len(), distinct.len()), (6, 6), "two waves of 3, no helper asked twice: {helpers:?}");
+    }
+}
+
+/// Feeds `s` one gossip packet from member 9 and returns what it sends back to 9.
+fn feed_from_9(s: &mut Swim, u: Update) -> Vec<Packet> {
+    while s.poll_action().is_some() {}
+    let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
+    let bytes = crate::wire::encode(CLUSTER, id(9), &p, 1400).unwrap();
+    s.handle_packet(Instant::ZERO, addr(9), &bytes).unwrap();
+    let mut back = Vec::new();
+    while let Some(a) = s.poll_action() {
+        if let Action::Send { to, packet } = a {
+            if to == addr(9) {
+                back.push(crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body);
+            }
+        }
+    }
+    back
+}
+
+#[test]
+fn a_stale_suspicion_is_answered_with_the_refutation_this_member_holds() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    let alive = |i, inc| Update::Alive { id: id(i), gen: 1, inc, addr: addr(i), meta: Arc::default() };
+    feed_from_9(&mut s, alive(9, 0));
+    feed_from_9(&mut s, alive(5, 3));
+    // 9 missed 5's refutation at incarnation 3 and still suspects incarnation 1.
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 1, by: id(9) });
+    assert_eq!(back.len(), 1, "one correction: {back:?}");
+    assert_eq!(back[0].body, Body::Gossip);
+    assert_eq!(back[0].gossip[0], alive(5, 3));
+    assert_eq!(s.member(id(5)).unwrap().version.state, State::Alive, "the stale claim changed nothing");
+    // A current suspicion is news, not stale: no correction.
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 3, by: id(9) });
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(s.member(id(5)).unwrap().version.state, State::Suspect);
+    assert_eq!(s.stats().corrections, 1);
+    s.check_invariants();
+}
+
+#[test]
+fn a_suspected_member_answers_the_sender_of_the_suspicion_first() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    feed_from_9(&mut s, Update::Alive { id: id(9), gen: 1, inc: 0, addr: addr(9), meta: Arc::default() });
+    let inc = s.me().version.inc;
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(0), gen: 1, inc, by: id(9) });
+    let refuted = Update::of(s.me(), id(0));
+    assert!(matches!(refuted, Update::Alive { inc: i, .. } if i == inc + 1), "refuted with a higher incarnation");
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].gossip[0], refuted);
+    // A suspicion of an incarnation already refuted is answered with the current one.
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(0), gen: 1, inc, by: id(9) });
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].gossip[0], refuted);
+    assert_eq!(s.me().version.inc, inc + 1, "no second refutation for the same claim");
+}
+
 // ----- joining, leaving, identity -----
 
 #[test]
@@ -371,6 +453,8 @@ fn config_errors_name_the_field() {
     let mut c = Config::lan(id(0), CLUSTER, addr(0));
     c.probe_timeout = Duration::from_secs(2);
     assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "probe_timeout", .. })));
+    let c = Config { indirect_waves: 0, ..Config::lan(id(0), CLUSTER, addr(0)) };
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "indirect_waves", .. })));
     let mut c = Config::lan(NodeId::NONE, CLUSTER, addr(0));
     assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "id", .. })));
     c.id = id(0);
