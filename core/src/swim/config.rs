@@ -52,6 +52,10 @@ pub struct Config {
     pub push_pull_interval: Duration,
     /// Shortest time between two push-pulls started because a peer's view digest differed.
     pub sync_gap: Duration,
+    /// Average bytes per second those digest-driven push-pulls may cost (request and reply,
+    /// at this member's state size; a burst of two is allowed). A full state grows with the
+    /// cluster, so this budget is what keeps their load per member constant in n.
+    pub sync_bytes_per_s: u32,
     /// Health score ceiling (Lifeguard's awareness): intervals scale by up to this factor.
     pub health_max: u32,
     /// Largest datagram sent or accepted, in bytes.
@@ -102,6 +106,7 @@ impl Config {
             gossip_queue_max: 1024,
             push_pull_interval: Duration::from_secs(30),
             sync_gap: Duration::from_secs(2),
+            sync_bytes_per_s: 512,
             health_max: 8,
             packet_bytes_max: 1400,
             meta_bytes_max: 512,

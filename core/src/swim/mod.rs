@@ -178,6 +178,8 @@ pub struct Stats {
     pub refutations: u64,
     /// Full-state exchanges started.
     pub push_pulls: u64,
+    /// Of those, started because a peer's view digest differed.
+    pub digest_syncs: u64,
     /// Stale suspicions answered with the refutation this member held.
     pub corrections: u64,
     /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
@@ -222,6 +224,8 @@ const INDIRECT_MAX: usize = 256;
 const ANSWERED_MAX: usize = 64;
 /// Room left in every packet for the envelope and the gossip list's length.
 const GOSSIP_SLACK: usize = 4;
+/// A record of news in a push-pull answer refunds this many records' worth of sync budget.
+const SYNC_NEWS_WORTH: u64 = 16;
 /// Corrections of stale suspicions sent back for one received packet.
 const CORRECTIONS_MAX: usize = 4;
 
@@ -250,8 +254,15 @@ pub struct Swim {
     health: u32,
     next_gossip: Instant,
     next_push_pull: Instant,
+    /// The period `next_push_pull` was planned with (it grows with the cluster).
+    planned_period: Duration,
     last_sync: Option<Instant>,
     mismatch_since: Option<Instant>,
+    /// Bytes digest-driven exchanges may still spend, as of `sync_tokens_at`.
+    sync_tokens: u64,
+    sync_tokens_at: Instant,
+    /// Average encoded bytes per member in the last full state sent.
+    record_bytes: u64,
     view_hash: u32,
     answered: VecDeque<(NodeId, u64, u32)>,
     joined: bool,
@@ -289,6 +300,7 @@ impl Swim {
         // A random start, so a restarted member (same id, perhaps the same generation) does not
         // reuse the sequence numbers its previous life used, which peers may still remember.
         let seq = rng.next_u32();
+        let planned_period = cfg.push_pull_interval;
         let mut swim = Swim {
             cfg,
             rng,
@@ -312,8 +324,12 @@ impl Swim {
             health: 0,
             next_gossip,
             next_push_pull,
+            planned_period,
             last_sync: None,
             mismatch_since: None,
+            sync_tokens: u64::MAX,
+            sync_tokens_at: now,
+            record_bytes: 32,
             view_hash: 0,
             answered: VecDeque::new(),
             joined: false,
@@ -524,10 +540,12 @@ impl Swim {
                 }
             }
             Body::PushPull { seq, reply, join, members, .. } => {
+                let mut news = 0u64;
                 for m in members {
                     let info = (m.addr != Addr::UNSPECIFIED).then_some((m.addr, m.meta));
-                    let _ = self.apply(now, m.id, m.version, sender, info, m.id == sender);
+                    news += u64::from(self.apply(now, m.id, m.version, sender, info, m.id == sender));
                 }
+                self.refund_sync_budget(news);
                 if reply {
                     if !self.joined {
                         self.joined = true;
@@ -557,14 +575,15 @@ impl Swim {
         if packet.digest == self.digest() {
             self.mismatch_since = None;
         } else if self.members.get(sender).is_some_and(Record::is_live) {
-            let gap = self.cfg.sync_gap * (self.live as u32).div_ceil(1024).max(1);
+            let gap = self.cfg.sync_gap;
             let since = *self.mismatch_since.get_or_insert(now);
             // Different member counts are no passing refutation: repair at once.
             let persistent = packet.digest.live != self.digest().live || now >= since.saturating_add(gap);
             let rested = self.last_sync.is_none_or(|t| now >= t.saturating_add(gap));
-            if persistent && rested {
+            if persistent && rested && self.take_sync_budget(now) {
                 self.last_sync = Some(now);
                 self.mismatch_since = None;
+                self.stats.digest_syncs += 1;
                 self.push_pull_with(sender, false);
             }
         }
@@ -586,6 +605,42 @@ impl Swim {
         }
         let r = self.members.get(id)?;
         (r.state == State::Alive && r.version().supersedes(&v)).then(|| self.update_of(r, self.cfg.id))
+    }
+
+    /// Digest-driven exchanges draw on a budget of [`Config::sync_bytes_per_s`], counting the
+    /// request and the reply at this member's state size, with room for a burst of two: their
+    /// cost stays constant per member as the cluster grows, where a full state grows with it.
+    /// Records of an answer that were news are refunded ([`Self::refund_sync_budget`]), so
+    /// exchanges that repair much (after a join storm, a healed partition) are not held back;
+    /// exchanges that find views nearly equal (churn still spreading) are.
+    fn take_sync_budget(&mut self, now: Instant) -> bool {
+        let cost = 2 * self.state_bytes();
+        let cap = self.sync_budget_cap();
+        let elapsed = now.saturating_duration_since(self.sync_tokens_at);
+        let earned = (elapsed.as_nanos() * u128::from(self.cfg.sync_bytes_per_s) / 1_000_000_000) as u64;
+        self.sync_tokens = self.sync_tokens.saturating_add(earned).min(cap);
+        self.sync_tokens_at = now;
+        if self.sync_tokens < cost {
+            return false;
+        }
+        self.sync_tokens -= cost;
+        true
+    }
+
+    fn refund_sync_budget(&mut self, news: u64) {
+        // An answer that is at least 1/SYNC_NEWS_WORTH news pays for its exchange.
+        let refund = news.saturating_mul(2 * SYNC_NEWS_WORTH * self.record_bytes);
+        self.sync_tokens = self.sync_tokens.saturating_add(refund).min(self.sync_budget_cap());
+    }
+
+    /// Two exchanges' worth.
+    fn sync_budget_cap(&self) -> u64 {
+        4 * self.state_bytes()
+    }
+
+    /// The encoded size of this member's full state, from the last one it sent.
+    fn state_bytes(&self) -> u64 {
+        self.record_bytes * (self.members.len() as u64 + 1)
     }
 
     fn on_ack(&mut self, seq: u32) {
@@ -1178,11 +1233,14 @@ impl Swim {
         let budget = self.cfg.packet_bytes_max.saturating_sub(base);
         let mut chunks: Vec<Vec<Member>> = alloc::vec![Vec::new()];
         let mut used = 0;
+        let (mut total, mut count) = (0u64, 0u64);
         for m in all {
             let size = postcard::experimental::serialized_size(&m).unwrap_or(usize::MAX);
             if size > budget {
                 continue;
             }
+            total += size as u64;
+            count += 1;
             if used + size > budget {
                 chunks.push(Vec::new());
                 used = 0;
@@ -1192,6 +1250,7 @@ impl Swim {
                 c.push(m);
             }
         }
+        self.record_bytes = (total / count.max(1)).max(1);
         let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
         for (part, members) in chunks.into_iter().take(usize::from(parts)).enumerate() {
             let part = part as u16;
@@ -1210,6 +1269,21 @@ impl Swim {
         self.stats.push_pulls += 1;
         let seq = self.next_seq();
         self.send_state(addr, seq, false, join);
+    }
+
+    /// Plans the next periodic exchange; false if this one is put off instead. A member that
+    /// planned its exchange in a small cluster (before a join storm) would otherwise send a
+    /// full state of the grown cluster at the small cluster's pace: every member of a new
+    /// cluster of n at once, costing each O(n). It plans again at a random point of the grown
+    /// period, so members that planned together spread out.
+    fn replan_push_pull(&mut self, now: Instant) -> bool {
+        let period = self.push_pull_period();
+        let grew = period > self.planned_period;
+        self.planned_period = period;
+        let wait =
+            if grew { Duration::from_nanos(self.rng.next_u64() % (period.as_nanos() as u64).max(1)) } else { period };
+        self.next_push_pull = now.saturating_add(wait);
+        !grew
     }
 
     fn push_pull_period(&self) -> Duration {
@@ -1305,8 +1379,7 @@ impl Machine for Swim {
         }
         // Periodic anti-entropy, plus one attempt to reach a member held down (a healed
         // partition whose sides declared each other down has no other way back).
-        if now >= self.next_push_pull {
-            self.next_push_pull = now.saturating_add(self.push_pull_period());
+        if now >= self.next_push_pull && self.replan_push_pull(now) {
             if let Some(&id) = self.random_live(1, &[]).first() {
                 self.push_pull_with(id, false);
             }

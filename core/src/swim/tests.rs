@@ -395,6 +395,60 @@ fn a_healed_partition_converges_without_gossip_finding_it() {
     }
 }
 
+/// A member that knows 200 others hears, every 100 ms for 100 s, a live peer whose view
+/// digest differs in member count; returns how many full-state exchanges that started.
+fn digest_syncs_in_100s(sync_bytes_per_s: u32) -> u64 {
+    let cfg = Config { sync_bytes_per_s, ..Config::lan(id(0), CLUSTER, addr(0)) };
+    let mut s = Swim::new(cfg, 1, 1, Instant::ZERO).unwrap();
+    for i in 1..=200 {
+        let u = Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::default() };
+        let p = Packet { gen: 1, digest: s.digest(), body: Body::Gossip, gossip: vec![u] };
+        s.handle_packet(Instant::ZERO, addr(i), &crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap()).unwrap();
+    }
+    // One full state sent, so the member knows what one costs.
+    s.send_state(addr(1), 1, false, false);
+    let before = s.stats().digest_syncs;
+    for step in 1..=1000u64 {
+        let now = Instant::from_nanos(step * 100_000_000);
+        let digest = Digest { live: 150, hash: 7 };
+        let p = Packet { gen: 1, digest, body: Body::Gossip, gossip: vec![] };
+        s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
+        while s.poll_action().is_some() {}
+    }
+    s.check_invariants();
+    s.stats().digest_syncs - before
+}
+
+#[test]
+fn digest_driven_exchanges_keep_within_their_byte_budget() {
+    // 201 records of about 20 bytes: about 8 KB per exchange (request and reply).
+    let budgeted = digest_syncs_in_100s(512);
+    assert!(
+        (2..=10).contains(&budgeted),
+        "512 B/s over 100 s allows about 6 (2 at once, then one per 16 s): {budgeted}"
+    );
+    let unbounded = digest_syncs_in_100s(u32::MAX);
+    assert!(unbounded >= 45, "without a budget only the 2 s gap holds them back: {unbounded}");
+}
+
+#[test]
+fn a_member_planned_in_a_small_cluster_puts_its_exchange_off_when_the_cluster_grew() {
+    // 40 members: the push-pull period is 30 s per 32 members, 60 s; each member planned its
+    // first exchange within 30-60 s while it was alone.
+    let n = 40;
+    let mut net = Net::converged(n);
+    let periodic =
+        |net: &Net| -> u64 { (0..n).map(|i| net.node(i).stats().push_pulls - net.node(i).stats().digest_syncs).sum() };
+    let start = periodic(&net);
+    net.run_for(Duration::from_secs(40));
+    let early = periodic(&net) - start;
+    assert!(early < n as u64 / 2, "most put off the exchange planned for a cluster of 1: {early} of {n}");
+    let mid = periodic(&net);
+    net.run_for(Duration::from_secs(240));
+    let per_member = (periodic(&net) - mid) as f64 / n as f64;
+    assert!((3.0..=5.0).contains(&per_member), "one exchange per 60 s, about 4 in 240 s: {per_member}");
+}
+
 // ----- packets -----
 
 #[test]
