@@ -97,7 +97,7 @@ impl Config {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_probes: 3,
-            indirect_waves: 2,
+            indirect_waves: 3,
             suspicion_mult: 4,
             suspicion_max_mult: 6,
             retransmit_mult: 4,
@@ -132,7 +132,7 @@ impl Config {
             return bad("indirect_probes", "must be at most 16 (3 is usual)");
         }
         if !(1..=4).contains(&self.indirect_waves) {
-            return bad("indirect_waves", "must be between 1 and 4 (2 is usual)");
+            return bad("indirect_waves", "must be between 1 and 4 (3 is usual)");
         }
         if self.suspicion_mult < 1 {
             return bad("suspicion_mult", "must be at least 1 (4 is usual)");
