@@ -66,7 +66,9 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod hash;
 pub mod machine;
+pub mod placement;
 pub mod raft;
 pub mod swim;
 pub mod time;

@@ -8,6 +8,8 @@ use crate::raft_sim::{self, RaftSimConfig, RunReport};
 const USAGE: &str = "\
 usage: quorate-sim raft [options]
        quorate-sim swim [options]       (quorate-sim swim --help for its options)
+       quorate-sim runtime [options]    (the real runtime under madsim: scripts/madsim runtime --help)
+       quorate-sim placement [options]  (quorate-sim placement --help for its options)
 
 Runs seeded fault simulations of a Raft cluster serving a key-value store, and checks Raft
 safety, linearizability of the client history and liveness after healing.
@@ -183,12 +185,17 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     match args.first().map(String::as_str) {
         Some("raft") => {}
         Some("swim") => return crate::swim_cli::main(&args[1..], out, err),
+        Some("runtime") => return crate::runtime_cli::main(&args[1..], out, err),
+        Some("placement") => return crate::placement_cli::main(&args[1..], out, err),
         Some("-h") | Some("--help") | None => {
             let _ = writeln!(out, "{USAGE}");
             return if args.is_empty() { 2 } else { 0 };
         }
         Some(other) => {
-            let _ = writeln!(err, "error: unknown simulation {other:?}; available: raft, swim\n\n{USAGE}");
+            let _ = writeln!(
+                err,
+                "error: unknown simulation {other:?}; available: raft, swim, runtime, placement\n\n{USAGE}"
+            );
             return 2;
         }
     }

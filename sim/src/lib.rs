@@ -23,6 +23,11 @@ pub mod cli;
 pub mod kv;
 pub mod linearizability;
 pub mod net;
+pub mod placement_cli;
+pub mod placement_sim;
 pub mod raft_sim;
+pub mod runtime_cli;
+#[cfg(madsim)]
+pub mod runtime_sim;
 pub mod swim_cli;
 pub mod swim_sim;

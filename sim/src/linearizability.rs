@@ -463,6 +463,15 @@ impl History {
         &self.events
     }
 
+    /// Ops invoked at or after `time_ns` that did not complete with a definite outcome (still
+    /// outstanding, or `Info`): the liveness check after faults heal.
+    pub fn unfinished_after(&self, time_ns: u64) -> usize {
+        self.ops
+            .iter()
+            .filter(|r| r.invoke_ns >= time_ns && matches!(r.end, None | Some((Completion::Info, _))))
+            .count()
+    }
+
     /// Number of invocations recorded.
     pub fn len_ops(&self) -> usize {
         self.ops.len()

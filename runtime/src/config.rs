@@ -1,0 +1,372 @@
+//! `node.toml`: a node's configuration, parsed strictly and validated once.
+//!
+//! Unknown fields are errors (a typo must not silently fall back to a default), and every
+//! error names the field and says what is expected.
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7001"
+//! data_dir = "/var/lib/quorate/n1"
+//! cluster_key_file = "/etc/quorate/cluster.key"
+//! cluster = "prod"                      # name hashed into the cluster id
+//! seeds = ["127.0.0.1:7002"]            # SWIM join addresses
+//! metrics_listen = "127.0.0.1:9101"     # optional: Prometheus text format on /metrics
+//! initial_members = [                   # optional: bootstrap voters of a new cluster
+//!   { id = 1, addr = "127.0.0.1:7001" },
+//!   { id = 2, addr = "127.0.0.1:7002" },
+//!   { id = 3, addr = "127.0.0.1:7003" },
+//! ]
+//!
+//! [raft]
+//! election_timeout_min_ms = 150
+//! election_timeout_max_ms = 300
+//! heartbeat_interval_ms = 50
+//!
+//! [swim]
+//! probe_interval_ms = 1000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quorate_core::NodeId;
+use serde::Deserialize;
+
+/// A bootstrap voter.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitialMember {
+    /// Its node id.
+    pub id: u64,
+    /// Its cluster address.
+    pub addr: SocketAddr,
+}
+
+/// Raft timings and limits.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Pre-vote before campaigning.
+    pub pre_vote: bool,
+    /// Leaders step down without a quorum.
+    pub check_quorum: bool,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_threshold_entries: u64,
+    /// Largest append message, in bytes of entries.
+    pub append_bytes_max: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
+            heartbeat_interval_ms: 50,
+            pre_vote: true,
+            check_quorum: true,
+            snapshot_threshold_entries: 10_000,
+            append_bytes_max: 64 << 10,
+        }
+    }
+}
+
+/// SWIM timings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwimSection {
+    /// Time between probes.
+    pub probe_interval_ms: u64,
+    /// Time to wait for a direct ack.
+    pub probe_timeout_ms: u64,
+    /// Members asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// Time between full-state exchanges with a random member (also how often members held
+    /// down are tried again, which heals partitions both sides gave up on).
+    pub push_pull_interval_ms: u64,
+    /// Zone label published in metadata.
+    pub zone: String,
+    /// Rack label published in metadata.
+    pub rack: String,
+    /// Region label published in metadata.
+    pub region: String,
+}
+
+impl Default for SwimSection {
+    fn default() -> Self {
+        SwimSection {
+            probe_interval_ms: 1000,
+            probe_timeout_ms: 500,
+            indirect_probes: 3,
+            push_pull_interval_ms: 30_000,
+            zone: String::new(),
+            rack: String::new(),
+            region: String::new(),
+        }
+    }
+}
+
+/// Sizes and bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest datagram sent or accepted.
+    pub datagram_bytes: usize,
+    /// Largest value a client may write.
+    pub value_bytes_max: usize,
+    /// Client sessions remembered for at-most-once writes.
+    pub client_sessions_max: usize,
+    /// Client requests waiting for an answer on this node.
+    pub pending_requests_max: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            datagram_bytes: 1400,
+            value_bytes_max: 64 << 10,
+            client_sessions_max: 100_000,
+            pending_requests_max: 16_384,
+        }
+    }
+}
+
+/// The parsed `node.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id, never 0.
+    pub id: u64,
+    /// Where the node's single UDP socket listens.
+    pub listen: SocketAddr,
+    /// Where the node keeps its WAL, snapshots and identity.
+    pub data_dir: PathBuf,
+    /// A file with the 32-byte cluster key as 64 hex digits.
+    pub cluster_key_file: PathBuf,
+    /// The cluster's name; datagrams of other clusters are dropped.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// SWIM join addresses.
+    #[serde(default)]
+    pub seeds: Vec<SocketAddr>,
+    /// Bootstrap voters (used only when the data directory is empty).
+    #[serde(default)]
+    pub initial_members: Vec<InitialMember>,
+    /// Prometheus metrics address (`/metrics`), if any.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Raft settings.
+    #[serde(default)]
+    pub raft: RaftSection,
+    /// SWIM settings.
+    #[serde(default)]
+    pub swim: SwimSection,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+fn default_cluster() -> String {
+    "default".into()
+}
+
+/// A configuration that cannot work: which field, and what it must be.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a field has the wrong type or is unknown.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, naming the field.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("config field `{field}`: expected {expected}")]
+    Invalid {
+        /// The field, as written in the file.
+        field: &'static str,
+        /// What it must be.
+        expected: String,
+    },
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but the essentials.
+    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf, cluster_key_file: PathBuf) -> NodeConfig {
+        NodeConfig {
+            id,
+            listen,
+            data_dir,
+            cluster_key_file,
+            cluster: default_cluster(),
+            seeds: Vec::new(),
+            initial_members: Vec::new(),
+            metrics_listen: None,
+            raft: RaftSection::default(),
+            swim: SwimSection::default(),
+            limits: LimitsSection::default(),
+        }
+    }
+
+    /// Reads and validates a `node.toml`.
+    pub fn load(path: &str) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        NodeConfig::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+        let cfg: NodeConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, expected: &str| Err(ConfigError::Invalid { field, expected: expected.into() });
+        if self.id == 0 {
+            return bad("id", "a node id of 1 or more (0 means \"no node\")");
+        }
+        if self.listen.port() == 0 {
+            return bad("listen", "an address with a fixed port (peers must know where to reach this node)");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "a directory path");
+        }
+        if self.cluster.is_empty() {
+            return bad("cluster", "a non-empty cluster name");
+        }
+        let r = &self.raft;
+        if r.election_timeout_min_ms == 0 {
+            return bad("raft.election_timeout_min_ms", "a positive number of milliseconds");
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad("raft.election_timeout_max_ms", "more than raft.election_timeout_min_ms");
+        }
+        if r.heartbeat_interval_ms == 0 || r.heartbeat_interval_ms * 2 > r.election_timeout_min_ms {
+            return bad("raft.heartbeat_interval_ms", "positive and at most half of raft.election_timeout_min_ms");
+        }
+        if r.append_bytes_max < 1024 {
+            return bad("raft.append_bytes_max", "at least 1024 bytes");
+        }
+        let s = &self.swim;
+        if s.probe_interval_ms == 0 || s.probe_timeout_ms == 0 || s.probe_timeout_ms >= s.probe_interval_ms {
+            return bad("swim.probe_timeout_ms", "positive and less than swim.probe_interval_ms");
+        }
+        if s.push_pull_interval_ms < s.probe_interval_ms {
+            return bad("swim.push_pull_interval_ms", "at least swim.probe_interval_ms");
+        }
+        let l = &self.limits;
+        if !(512..=65_000).contains(&l.datagram_bytes) {
+            return bad("limits.datagram_bytes", "512 to 65000 bytes (1400 fits every Ethernet path)");
+        }
+        if l.value_bytes_max == 0 || l.value_bytes_max as u64 > (4 << 20) {
+            return bad("limits.value_bytes_max", "1 byte to 4 MiB");
+        }
+        if l.client_sessions_max == 0 {
+            return bad("limits.client_sessions_max", "at least 1");
+        }
+        if l.pending_requests_max == 0 {
+            return bad("limits.pending_requests_max", "at least 1");
+        }
+        let mut ids: Vec<u64> = self.initial_members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        if ids.contains(&0) || ids.windows(2).any(|w| w[0] == w[1]) {
+            return bad("initial_members", "distinct node ids of 1 or more");
+        }
+        if !self.initial_members.is_empty() && !ids.contains(&self.id) {
+            return bad("initial_members", "a list that includes this node's own id");
+        }
+        Ok(())
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.id)
+    }
+
+    /// The cluster id all datagrams carry: a fixed hash of the cluster name.
+    pub fn cluster_id(&self) -> u64 {
+        cluster_id(&self.cluster)
+    }
+
+    /// Raft's election timeout bounds and heartbeat.
+    pub fn raft_timings(&self) -> (Duration, Duration, Duration) {
+        let ms = Duration::from_millis;
+        (
+            ms(self.raft.election_timeout_min_ms),
+            ms(self.raft.election_timeout_max_ms),
+            ms(self.raft.heartbeat_interval_ms),
+        )
+    }
+}
+
+/// The cluster id of a cluster name (FNV-1a, fixed across versions and platforms).
+pub fn cluster_id(name: &str) -> u64 {
+    quorate_core::fnv1a64(name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+id = 1
+listen = "127.0.0.1:7001"
+data_dir = "/tmp/n1"
+cluster_key_file = "/tmp/k"
+"#;
+
+    fn parse(extra: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(&format!("{BASE}{extra}"), "node.toml")
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_essentials() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.raft, RaftSection::default());
+        assert_eq!(cfg.cluster, "default");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("[raft]\nheartbeat_interval_ms = 100\n", "raft.heartbeat_interval_ms"),
+            ("[raft]\nelection_timeout_max_ms = 100\n", "raft.election_timeout_max_ms"),
+            ("[limits]\ndatagram_bytes = 70000\n", "limits.datagram_bytes"),
+            ("initial_members = [{ id = 2, addr = \"127.0.0.1:7002\" }]\n", "initial_members"),
+        ];
+        for (extra, field) in cases {
+            let err = parse(extra).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra:?} gave {err:?}");
+        }
+        let err = NodeConfig::parse(&BASE.replace("id = 1", "id = 0"), "node.toml").unwrap_err().to_string();
+        assert!(err.contains("`id`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_types_are_errors_that_name_them() {
+        let err = parse("[raft]\nheartbeat_ms = 10\n").unwrap_err().to_string();
+        assert!(err.contains("heartbeat_ms"), "{err}");
+        let err = parse("seeds = \"not a list\"\n").unwrap_err().to_string();
+        assert!(err.contains("seeds"), "{err}");
+        let err = NodeConfig::parse("listen = \"127.0.0.1:1\"", "node.toml").unwrap_err().to_string();
+        assert!(err.contains("id"), "a missing field is named: {err}");
+    }
+}

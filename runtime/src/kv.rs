@@ -1,0 +1,241 @@
+//! The cluster's metadata: a key-value map replicated through Raft, with client sessions.
+//!
+//! Every node applies the same committed commands in the same order, so every node's map is
+//! the same at the same index. Client sessions live in the replicated state too: a retried
+//! write (same client id and sequence number) is answered from the session, never applied
+//! twice, on whichever node is leader when the retry arrives. Sessions are bounded; the one
+//! used least recently (by log index, so every node evicts the same one) goes first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use quorate_core::raft::LogIndex;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{Reply, WriteOp};
+
+/// A write as it travels through the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The client's id.
+    pub client_id: u64,
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The write.
+    pub op: WriteOp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Session {
+    seq: u64,
+    reply: Reply,
+    last_index: LogIndex,
+}
+
+/// The replicated map and its sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kv {
+    map: BTreeMap<String, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    /// `(last_index, client_id)` of every session, oldest first, for eviction.
+    by_age: BTreeSet<(LogIndex, u64)>,
+    applied: LogIndex,
+    sessions_max: usize,
+}
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata snapshot does not decode: {0}")]
+pub struct RestoreError(String);
+
+impl Kv {
+    /// An empty map keeping at most `sessions_max` client sessions.
+    pub fn new(sessions_max: usize) -> Kv {
+        Kv { sessions_max: sessions_max.max(1), ..Kv::default() }
+    }
+
+    /// The index of the last command applied.
+    pub fn applied(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True if no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.map.get(key).map(Vec::as_slice)
+    }
+
+    /// Up to `limit` pairs whose key starts with `prefix`, after `start_after`; and whether more follow.
+    pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> (Vec<(String, Vec<u8>)>, bool) {
+        let mut items = Vec::new();
+        let lower = match start_after {
+            Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_string()),
+            _ => std::ops::Bound::Included(prefix.to_string()),
+        };
+        let mut range = self.map.range((lower, std::ops::Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix));
+        for (k, v) in range.by_ref() {
+            if items.len() == limit {
+                return (items, true);
+            }
+            items.push((k.clone(), v.clone()));
+        }
+        (items, false)
+    }
+
+    /// Records that an entry without a command (a no-op or membership change) was applied.
+    pub fn skip(&mut self, index: LogIndex) {
+        self.applied = self.applied.max(index);
+    }
+
+    /// Applies a committed command at `index` and returns its reply (the remembered one for a
+    /// retry).
+    pub fn apply(&mut self, index: LogIndex, cmd: &Command) -> Reply {
+        self.applied = self.applied.max(index);
+        if let Some(s) = self.sessions.get(&cmd.client_id) {
+            if cmd.seq == s.seq {
+                return s.reply.clone();
+            }
+            if cmd.seq < s.seq {
+                return Reply::Error(format!("request {} is older than this client's last ({})", cmd.seq, s.seq));
+            }
+        }
+        let reply = self.write(index, &cmd.op);
+        if let Some(old) =
+            self.sessions.insert(cmd.client_id, Session { seq: cmd.seq, reply: reply.clone(), last_index: index })
+        {
+            self.by_age.remove(&(old.last_index, cmd.client_id));
+        }
+        self.by_age.insert((index, cmd.client_id));
+        while self.sessions.len() > self.sessions_max {
+            let Some((_, client)) = self.by_age.pop_first() else { break };
+            self.sessions.remove(&client);
+        }
+        reply
+    }
+
+    /// Applies a write that carries no client session (the node's own bookkeeping).
+    pub fn apply_unsessioned(&mut self, index: LogIndex, op: &WriteOp) -> Reply {
+        self.applied = self.applied.max(index);
+        self.write(index, op)
+    }
+
+    fn write(&mut self, index: LogIndex, op: &WriteOp) -> Reply {
+        match op {
+            WriteOp::Put { key, value } => {
+                let existed = self.map.insert(key.clone(), value.clone()).is_some();
+                Reply::Written { existed, index }
+            }
+            WriteOp::Delete { key } => Reply::Written { existed: self.map.remove(key).is_some(), index },
+            WriteOp::Cas { key, expected, value } => {
+                let current = self.map.get(key).cloned();
+                let swapped = current == *expected;
+                if swapped {
+                    match value {
+                        Some(v) => {
+                            self.map.insert(key.clone(), v.clone());
+                        }
+                        None => {
+                            self.map.remove(key);
+                        }
+                    }
+                }
+                Reply::Cas { swapped, current, index }
+            }
+        }
+    }
+
+    /// The whole state (map, sessions, applied index) as bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Encoding a map of strings and byte vectors cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Replaces the state with a snapshot's.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
+        let sessions_max = self.sessions_max;
+        let mut restored: Kv = postcard::from_bytes(bytes).map_err(|e| RestoreError(e.to_string()))?;
+        restored.sessions_max = sessions_max;
+        *self = restored;
+        Ok(())
+    }
+
+    /// Client sessions held.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn put(client_id: u64, seq: u64, key: &str, v: &[u8]) -> Command {
+        Command { client_id, seq, op: WriteOp::Put { key: key.into(), value: v.to_vec() } }
+    }
+
+    #[test]
+    fn a_retried_write_is_applied_once_and_answered_the_same() {
+        let mut kv = Kv::new(10);
+        let cas = Command {
+            client_id: 1,
+            seq: 1,
+            op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(b"a".to_vec()) },
+        };
+        let first = kv.apply(LogIndex(1), &cas);
+        assert!(matches!(first, Reply::Cas { swapped: true, .. }));
+        // The retry lands later in the log (a new leader re-proposed it): same answer, no effect.
+        kv.apply(LogIndex(2), &put(2, 1, "k", b"b"));
+        assert_eq!(kv.apply(LogIndex(3), &cas), first);
+        assert_eq!(kv.get("k"), Some(&b"b"[..]));
+        assert!(matches!(kv.apply(LogIndex(4), &Command { seq: 0, ..cas }), Reply::Error(_)));
+    }
+
+    #[test]
+    fn sessions_are_bounded_and_the_oldest_goes_first() {
+        let mut kv = Kv::new(2);
+        kv.apply(LogIndex(1), &put(1, 1, "a", b"1"));
+        kv.apply(LogIndex(2), &put(2, 1, "b", b"1"));
+        kv.apply(LogIndex(3), &put(1, 2, "a", b"2"));
+        kv.apply(LogIndex(4), &put(3, 1, "c", b"1"));
+        assert_eq!(kv.sessions(), 2);
+        assert!(kv.sessions.contains_key(&1) && kv.sessions.contains_key(&3), "client 2 was least recent");
+    }
+
+    #[test]
+    fn list_pages_through_a_prefix_in_key_order() {
+        let mut kv = Kv::new(10);
+        for (i, k) in ["a/1", "a/2", "a/3", "b/1", "a"].iter().enumerate() {
+            kv.apply(LogIndex(i as u64 + 1), &put(1, i as u64 + 1, k, b"v"));
+        }
+        let (page, more) = kv.list("a/", None, 2);
+        assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+        assert!(more);
+        let (page, more) = kv.list("a/", Some("a/2"), 2);
+        assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/3"]);
+        assert!(!more);
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_and_restore_reproduce_the_state(ops in proptest::collection::vec((0u64..4, 0u8..6, any::<bool>()), 0..60)) {
+            let mut kv = Kv::new(3);
+            for (i, (client, key, del)) in ops.iter().enumerate() {
+                let key = format!("k{key}");
+                let op = if *del { WriteOp::Delete { key } } else { WriteOp::Put { key, value: vec![i as u8] } };
+                kv.apply(LogIndex(i as u64 + 1), &Command { client_id: *client, seq: i as u64 + 1, op });
+            }
+            let mut back = Kv::new(3);
+            back.restore(&kv.snapshot()).unwrap();
+            prop_assert_eq!(back, kv);
+        }
+    }
+}
