@@ -17,6 +17,17 @@
 //! - **nacks**: indirect probers answer "no answer" in time, so a requester can tell its own
 //!   trouble from the target's.
 //!
+//! Beyond the papers, for heavy loss and large clusters (every member hears every suspicion,
+//! so the churn of false suspicions, and what it costs each member, grows with n):
+//! - **indirect waves** ([`Config::indirect_waves`]): while no ack has come, further waves of
+//!   `k` other helpers go out later in the round, so fewer rounds fail for a live member;
+//! - **corrections**: a stale suspicion is answered straight back with the refutation held,
+//!   and a suspicion still open halfway to its deadline is gossiped once more (a last call), so
+//!   a refutation lost on its way to one member does not bury a live member;
+//! - **bounded anti-entropy**: push-pulls started by a differing digest spend a byte budget
+//!   ([`Config::sync_bytes_per_s`]), and the periodic one stretches with the cluster, so
+//!   full-state exchanges cost each member the same whatever n.
+//!
 //! The machine owns its encoding: [`Swim::handle_packet`] takes raw datagrams and
 //! [`Action::Send`] carries ready ones, so every packet, in or out, is checked against
 //! [`Config::packet_bytes_max`]. See [`member`] for the precedence rule that merges updates.
@@ -63,6 +74,7 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -97,11 +109,12 @@ pub enum Action {
     Event(Event),
 }
 
-/// Membership news.
+/// Membership news. A [`Member`] rides boxed, so that an [`Action`] is no larger than a
+/// `Send`, which almost every action is (actions are moved through a queue by the million).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A member became known alive: new, back after down or left, or a new generation.
-    Up(Member),
+    Up(Box<Member>),
     /// A member is suspected.
     Suspect(NodeId),
     /// A suspected member refuted the suspicion.
@@ -111,7 +124,7 @@ pub enum Event {
     /// A member left gracefully.
     Left(NodeId),
     /// A live member published new metadata or a new address.
-    Updated(Member),
+    Updated(Box<Member>),
     /// A Down or Left member's tombstone was collected.
     Forgotten(NodeId),
     /// This member's own health score changed (0 is healthy, see [`Config::health_max`]).
@@ -784,7 +797,7 @@ impl Swim {
                 self.members.insert(id, v, addr, meta.clone());
                 self.digest_hash ^= member_hash(id, v.gen, v.inc);
                 self.became_live(id, v.gen);
-                self.emit(Event::Up(Member { id, addr, version: v, meta }));
+                self.emit(Event::Up(Box::new(Member { id, addr, version: v, meta })));
                 if v.state == State::Suspect {
                     self.emit(Event::Suspect(id));
                     self.start_suspicion(now, id, v, by);
@@ -805,10 +818,10 @@ impl Swim {
     }
 
     /// Emits `event` with the current public view of member `id`.
-    fn emit_member(&mut self, id: NodeId, event: fn(Member) -> Event) {
+    fn emit_member(&mut self, id: NodeId, event: fn(Box<Member>) -> Event) {
         if let Some(r) = self.members.get(id) {
             let m = self.members.member(r);
-            self.emit(event(m));
+            self.emit(event(Box::new(m)));
         }
     }
 

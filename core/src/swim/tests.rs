@@ -275,6 +275,39 @@ fn a_suspected_member_answers_the_sender_of_the_suspicion_first() {
     assert_eq!(s.me().version.inc, inc + 1, "no second refutation for the same claim");
 }
 
+#[test]
+fn a_suspicion_still_open_halfway_goes_out_once_more() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    for i in [5, 7, 8, 9] {
+        feed_from_9(&mut s, Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::default() });
+    }
+    for by in [9, 7, 8] {
+        feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 0, by: id(by) });
+    }
+    let carries = |p: &[u8]| {
+        let p = crate::wire::decode::<Packet>(p, CLUSTER, 1400).unwrap().body;
+        p.gossip.iter().any(|u| matches!(u, Update::Suspect { id: i, .. } if *i == id(5)))
+    };
+    // Run until the suspicion has been gossiped to its limit, then on to its deadline.
+    let mut now = Instant::ZERO;
+    let mut sent_at = Vec::new();
+    while s.member(id(5)).unwrap().version.state == State::Suspect {
+        now = s.poll_timeout().unwrap();
+        s.handle_timeout(now);
+        while let Some(a) = s.poll_action() {
+            if let Action::Send { packet, .. } = a {
+                if carries(&packet) {
+                    sent_at.push(now);
+                }
+            }
+        }
+    }
+    // Gossip alone is spent within a second; the deadline is 4 s (n = 5, fully confirmed).
+    let half = now.as_nanos() / 2;
+    let late = sent_at.iter().filter(|t| t.as_nanos() >= half).count();
+    assert!(late > 0, "sent at {sent_at:?}, down at {now:?}");
+}
+
 // ----- joining, leaving, identity -----
 
 #[test]
@@ -450,6 +483,12 @@ fn a_member_planned_in_a_small_cluster_puts_its_exchange_off_when_the_cluster_gr
 }
 
 // ----- packets -----
+
+#[test]
+fn an_action_is_no_larger_than_a_send() {
+    let send = core::mem::size_of::<Addr>() + core::mem::size_of::<Vec<u8>>();
+    assert!(core::mem::size_of::<Action>() <= send + 8, "Action is {} bytes", core::mem::size_of::<Action>());
+}
 
 #[test]
 fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
