@@ -17,7 +17,8 @@
 //!    such pairs, and how many pairs never detected it;
 //! 4. **false positives**: every declaration of a running member as down (each observer,
 //!    each time), and how many distinct members that hit;
-//! 5. **load**: datagrams and bytes sent per member per virtual second, over the whole run;
+//! 5. **load**: datagrams and bytes sent per member per virtual second, over the whole run,
+//!    and from 60 s on (the steady load, without the join storm);
 //! 6. **speed**: events (datagrams delivered to a running member plus timers handed to it)
 //!    per CPU-second of the thread, and the run's CPU time. The loop, network model and
 //!    bookkeeping are the same code for both, so they dilute the difference, never favour one.
@@ -58,6 +59,9 @@ pub const PORT: u16 = 7946;
 const JOIN_SPREAD_NS: u64 = SEC;
 /// Victims after the first are killed this long apart.
 const KILL_GAP_NS: u64 = 10 * SEC;
+/// Steady load is counted from here on: the join storm is over (its cost, each member
+/// learning `n` others once, is O(n) per member however it is done).
+pub const STEADY_FROM_NS: u64 = 60 * SEC;
 
 /// The address of member `i` (10.x.y.z, so up to 2^24 members).
 pub fn addr_of(i: usize) -> Addr {
@@ -167,6 +171,10 @@ pub struct Report {
     pub packets: u64,
     /// Bytes sent, all members.
     pub bytes: u64,
+    /// Datagrams sent from [`STEADY_FROM_NS`] on, all members.
+    pub steady_packets: u64,
+    /// Bytes sent from [`STEADY_FROM_NS`] on, all members.
+    pub steady_bytes: u64,
     /// Datagrams delivered to running members plus timers handled by them.
     pub events: u64,
     /// Inputs a member refused with an error.
@@ -200,6 +208,20 @@ impl Report {
     /// Bytes per member per virtual second.
     pub fn bytes_per_member_s(&self) -> f64 {
         self.bytes as f64 / (self.members as f64 * self.secs as f64)
+    }
+
+    /// Datagrams per member per virtual second from [`STEADY_FROM_NS`] on.
+    pub fn steady_msgs_per_member_s(&self) -> f64 {
+        self.steady_packets as f64 / (self.members as f64 * self.steady_secs())
+    }
+
+    /// Bytes per member per virtual second from [`STEADY_FROM_NS`] on.
+    pub fn steady_bytes_per_member_s(&self) -> f64 {
+        self.steady_bytes as f64 / (self.members as f64 * self.steady_secs())
+    }
+
+    fn steady_secs(&self) -> f64 {
+        (self.secs as f64 - (STEADY_FROM_NS / SEC) as f64).max(1.0)
     }
 
     /// Events per CPU-second.
@@ -318,6 +340,8 @@ pub fn run<P: Peer>(sc: Scenario) -> Report {
             false_positive_members: 0,
             packets: 0,
             bytes: 0,
+            steady_packets: 0,
+            steady_bytes: 0,
             events: 0,
             errors: 0,
             cpu_ns: 0,
@@ -421,6 +445,10 @@ impl<P: Peer> World<P> {
         for (to, bytes) in out.sends.drain(..) {
             self.report.packets += 1;
             self.report.bytes += bytes.len() as u64;
+            if self.now >= STEADY_FROM_NS {
+                self.report.steady_packets += 1;
+                self.report.steady_bytes += bytes.len() as u64;
+            }
             if chance(&mut self.net_rng, self.sc.loss) {
                 continue;
             }
@@ -661,6 +689,18 @@ fn rows(q: &Report, f: &Report) -> String {
         lower_better(q.bytes_per_member_s(), f.bytes_per_member_s()),
     );
     row(
+        "msgs/member/s from 60 s",
+        format!("{:.2}", q.steady_msgs_per_member_s()),
+        format!("{:.2}", f.steady_msgs_per_member_s()),
+        lower_better(q.steady_msgs_per_member_s(), f.steady_msgs_per_member_s()),
+    );
+    row(
+        "bytes/member/s from 60 s",
+        format!("{:.0}", q.steady_bytes_per_member_s()),
+        format!("{:.0}", f.steady_bytes_per_member_s()),
+        lower_better(q.steady_bytes_per_member_s(), f.steady_bytes_per_member_s()),
+    );
+    row(
         "events/CPU-s",
         rate(q.events_per_cpu_s()),
         rate(f.events_per_cpu_s()),
@@ -677,7 +717,7 @@ fn rows(q: &Report, f: &Report) -> String {
 
 fn summary(r: &Report) -> String {
     format!(
-        "{}: members={} loss={:.2} full_view={} detect_p50={} detect_max={} missed={}/{} false_positives={} ({} members) msgs_per_member_s={:.2} bytes_per_member_s={:.0} events={} errors={} cpu_s={:.3} events_per_cpu_s={:.0} trace={:016x}",
+        "{}: members={} loss={:.2} full_view={} detect_p50={} detect_max={} missed={}/{} false_positives={} ({} members) msgs_per_member_s={:.2} bytes_per_member_s={:.0} steady_msgs_per_member_s={:.2} steady_bytes_per_member_s={:.0} events={} errors={} cpu_s={:.3} events_per_cpu_s={:.0} trace={:016x}",
         r.name,
         r.members,
         r.loss,
@@ -690,6 +730,8 @@ fn summary(r: &Report) -> String {
         r.false_positive_members,
         r.msgs_per_member_s(),
         r.bytes_per_member_s(),
+        r.steady_msgs_per_member_s(),
+        r.steady_bytes_per_member_s(),
         r.events,
         r.errors,
         r.cpu_ns as f64 / 1e9,

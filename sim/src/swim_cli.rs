@@ -19,6 +19,8 @@ options:
   --seed N            run one seed                                    [default: 1]
   --seeds A..B        run seeds A (inclusive) to B (exclusive), in parallel
   --no-faults         only the join storm and loss, no crashes or partitions
+  --watch I           print a timeline of member I to stderr (what everyone hears
+                      about it, its health, stalls, crashes, partitions)
   -h, --help          print this help
 
 The run ends with one line:
@@ -41,11 +43,14 @@ pub struct SwimArgs {
     pub seeds: Range<u64>,
     /// Inject faults.
     pub faults: bool,
+    /// Member whose timeline to print.
+    pub watch: Option<usize>,
 }
 
 /// Parses the arguments after `swim`. Errors name the flag and what it expects.
 pub fn parse(args: &[String]) -> Result<SwimArgs, String> {
-    let mut a = SwimArgs { members: 100, loss: 0.0, duration_ns: 600_000_000_000, seeds: 1..2, faults: true };
+    let mut a =
+        SwimArgs { members: 100, loss: 0.0, duration_ns: 600_000_000_000, seeds: 1..2, faults: true, watch: None };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -91,6 +96,10 @@ pub fn parse(args: &[String]) -> Result<SwimArgs, String> {
                 a.seeds = lo..hi;
             }
             "--no-faults" => a.faults = false,
+            "--watch" => {
+                let v = value("--watch")?;
+                a.watch = Some(v.parse().map_err(|_| format!("--watch expects a member index, got {v:?}"))?);
+            }
             other => return Err(format!("unknown option {other:?}; see quorate-sim swim --help")),
         }
     }
@@ -113,6 +122,7 @@ pub fn run_seeds(a: &SwimArgs) -> Vec<SwimReport> {
             let mut c = SwimSimConfig::new(seed, a.members, a.duration_ns);
             c.loss = a.loss;
             c.faults = a.faults;
+            c.watch = a.watch;
             c
         })
         .collect();
@@ -169,6 +179,17 @@ pub fn summary(a: &SwimArgs, reports: &[SwimReport]) -> String {
     )
 }
 
+/// The whole run's load of one report.
+fn whole(r: &SwimReport) -> swim_sim::Load {
+    swim_sim::Load {
+        packets: r.packets,
+        bytes: r.bytes,
+        packets_by_kind: r.packets_by_kind,
+        bytes_by_kind: r.bytes_by_kind,
+        member_secs: r.member_secs,
+    }
+}
+
 /// Runs `quorate-sim swim`; returns the exit status.
 pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     if args.iter().any(|a| a == "-h" || a == "--help") {
@@ -210,6 +231,30 @@ pub fn main(args: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                 r.partition_downs,
                 r.rejected,
                 r.events
+            );
+            for (name, load) in [("whole run", whole(r)), ("steady, from 30 s", r.steady.clone())] {
+                let per = load.member_secs.max(1e-9);
+                let kinds: Vec<String> = quorate_core::swim::Kind::ALL
+                    .iter()
+                    .map(|k| {
+                        let i = *k as usize;
+                        let (p, b) = (load.packets_by_kind[i] as f64 / per, load.bytes_by_kind[i] as f64 / per);
+                        format!("{}={p:.2}/{b:.0}", k.name())
+                    })
+                    .collect();
+                let _ = writeln!(
+                    err,
+                    "seed={} {name}: msgs_per_member_s={:.2} bytes_per_member_s={:.1} by kind (msgs/bytes): {}",
+                    r.seed,
+                    load.msgs_per_member_s(),
+                    load.bytes_per_member_s(),
+                    kinds.join(" ")
+                );
+            }
+            let _ = writeln!(
+                err,
+                "seed={} push_pulls={} of_them_for_digests={} gossip_dropped={} corrections={}",
+                r.seed, r.push_pulls.0, r.push_pulls.1, r.gossip_dropped, r.corrections
             );
         }
     }

@@ -11,12 +11,13 @@
 //! - **Convergence**: after the last fault heals, every running member must see exactly the
 //!   running members, at their current generations, within [`CONVERGE_BOUND_NS`]. A miss is a
 //!   violation.
-//! - Every member's invariants after every step (clusters over 100 members: every 64th step of
-//!   each member and at the end, since one check costs O(members)).
+//! - Every member's invariants after every step (clusters over 100 members: every
+//!   `max(64, members / 16)`-th step of each member and at the end, since one check costs
+//!   O(members)).
 
 use std::collections::BTreeMap;
 
-use quorate_core::swim::{Action, Addr, Config, Digest, Event, Swim};
+use quorate_core::swim::{Action, Addr, Config, Digest, Event, Kind, Packet, Swim};
 use quorate_core::{fnv1a64, fnv1a64_extend, Instant, Machine, NodeId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -51,10 +52,16 @@ pub struct SwimSimConfig {
     pub delay_max_ns: u64,
     /// SWIM settings applied to every member (id, addr and seeds are filled in per member).
     pub swim: fn(NodeId, Addr) -> Config,
+    /// Print a timeline of this member to stderr: what every member hears about it, every event
+    /// it has itself, its pauses and crashes, and partitions (to explain an incident).
+    pub watch: Option<usize>,
 }
 
+/// The cluster id of every simulated member.
+const CLUSTER_ID: u64 = 0x5157_494d;
+
 fn lan(id: NodeId, addr: Addr) -> Config {
-    Config::lan(id, 0x5157_494d, addr)
+    Config::lan(id, CLUSTER_ID, addr)
 }
 
 impl SwimSimConfig {
@@ -69,7 +76,38 @@ impl SwimSimConfig {
             delay_min_ns: MS,
             delay_max_ns: 10 * MS,
             swim: lan,
+            watch: None,
         }
+    }
+}
+
+/// Steady-state load is measured from this time on (the join storm is over; faults begin).
+pub const STEADY_FROM_NS: u64 = 30 * SEC;
+
+/// Traffic over some span, all members.
+#[derive(Clone, Debug, Default)]
+pub struct Load {
+    /// Datagrams sent.
+    pub packets: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
+    pub packets_by_kind: [u64; Kind::COUNT],
+    /// Bytes sent, by [`Kind`].
+    pub bytes_by_kind: [u64; Kind::COUNT],
+    /// Member-seconds of the span.
+    pub member_secs: f64,
+}
+
+impl Load {
+    /// Messages sent per member per virtual second.
+    pub fn msgs_per_member_s(&self) -> f64 {
+        self.packets as f64 / self.member_secs.max(1e-9)
+    }
+
+    /// Bytes sent per member per virtual second.
+    pub fn bytes_per_member_s(&self) -> f64 {
+        self.bytes as f64 / self.member_secs.max(1e-9)
     }
 }
 
@@ -105,6 +143,20 @@ pub struct SwimReport {
     pub member_secs: f64,
     /// Events processed (deliveries and timer firings).
     pub events: u64,
+    /// Datagrams sent, all members, by [`Kind`] (index with `kind as usize`).
+    pub packets_by_kind: [u64; Kind::COUNT],
+    /// Bytes sent, all members, by [`Kind`].
+    pub bytes_by_kind: [u64; Kind::COUNT],
+    /// Full-state exchanges started, all members, and how many of them for a differing digest.
+    pub push_pulls: (u64, u64),
+    /// Gossip updates dropped unsent from full queues, all members.
+    pub gossip_dropped: u64,
+    /// Stale suspicions answered with a refutation, all members.
+    pub corrections: u64,
+    /// The load from [`STEADY_FROM_NS`] on, after the join storm, when only faults and loss
+    /// remain: the per-member cost of running, where the whole run's also holds each member's
+    /// one-off cost of learning n others.
+    pub steady: Load,
     /// Digest of everything that happened.
     pub trace: u64,
 }
@@ -129,6 +181,19 @@ impl SwimReport {
     /// Bytes sent per member per virtual second.
     pub fn bytes_per_member_s(&self) -> f64 {
         self.bytes as f64 / self.member_secs.max(1e-9)
+    }
+
+    /// Adds one member's sent-traffic counters to the per-kind totals.
+    fn add_stats(&mut self, swim: &Swim) {
+        let st = swim.stats();
+        self.push_pulls.0 += st.push_pulls;
+        self.push_pulls.1 += st.digest_syncs;
+        self.gossip_dropped += swim.dropped_gossip();
+        self.corrections += st.corrections;
+        for k in 0..Kind::COUNT {
+            self.packets_by_kind[k] += st.sent_packets_by_kind[k];
+            self.bytes_by_kind[k] += st.sent_bytes_by_kind[k];
+        }
     }
 }
 
@@ -166,14 +231,18 @@ struct World {
     net: LinkModel,
     slots: Vec<Slot>,
     by_addr: BTreeMap<Addr, usize>,
-    /// (observer, member) -> first time the observer declared the member's generation down.
-    downs: BTreeMap<(usize, usize, u64), u64>,
+    /// For each crash awaiting its completeness check, `(member, generation)`: when each
+    /// observer first declared it down or left (0: before the crash; `u64::MAX`: not yet). Only
+    /// crashes in flight are tracked, so this stays small however long the run.
+    pending: BTreeMap<(usize, u64), Vec<u64>>,
     incidents: std::collections::BTreeSet<(usize, u64)>,
     agreed_since: Option<u64>,
     partition_events: Vec<u64>,
     faults_end: u64,
     report: SwimReport,
     last_fault_healed: u64,
+    /// Everything sent up to [`STEADY_FROM_NS`].
+    steady_mark: Option<Load>,
 }
 
 fn addr_of(i: usize) -> Addr {
@@ -207,7 +276,7 @@ pub fn run(cfg: SwimSimConfig) -> SwimReport {
             })
             .collect(),
         by_addr: (0..n).map(|i| (addr_of(i), i)).collect(),
-        downs: BTreeMap::new(),
+        pending: BTreeMap::new(),
         incidents: std::collections::BTreeSet::new(),
         agreed_since: None,
         partition_events: Vec::new(),
@@ -219,6 +288,7 @@ pub fn run(cfg: SwimSimConfig) -> SwimReport {
             ..Default::default()
         },
         last_fault_healed: 0,
+        steady_mark: None,
         cfg,
     };
     w.report.detect_bound_ms = w.detect_bound_ns() / MS;
@@ -338,6 +408,9 @@ impl World {
                     }
                 }
                 Ev::Partition => {
+                    if self.cfg.watch.is_some() {
+                        self.watch_line("partition starts");
+                    }
                     let n = self.cfg.members;
                     let k = uniform(&mut self.rng, 1, (n * 2 / 5).max(1) as u64) as usize;
                     let mut ids: Vec<usize> = (0..n).collect();
@@ -355,6 +428,9 @@ impl World {
                     self.trace(b"partition");
                 }
                 Ev::Heal => {
+                    if self.cfg.watch.is_some() {
+                        self.watch_line("partition heals");
+                    }
                     self.net.heal();
                     self.partition_events.push(t);
                     self.last_fault_healed = self.last_fault_healed.max(t);
@@ -403,6 +479,10 @@ impl World {
 
     fn crash(&mut self, i: usize) {
         let Some(s) = self.slots[i].swim.take() else { return };
+        if self.cfg.watch == Some(i) {
+            self.watch_line(&format!("member {i} crashes"));
+        }
+        self.report.add_stats(&s);
         let gen = s.me().version.gen;
         self.slots[i].gen = gen;
         self.slots[i].timer = None;
@@ -410,6 +490,16 @@ impl World {
         self.slots[i].disturbed_at = Some(self.now);
         self.trace(&[b'C', i as u8]);
         let at = self.now;
+        let id = NodeId(i as u64 + 1);
+        let seen: Vec<u64> = self
+            .slots
+            .iter()
+            .map(|o| match o.swim.as_ref().and_then(|s| s.member(id)) {
+                Some(m) if m.version.gen == gen && m.version.state.is_terminal() => 0,
+                _ => u64::MAX,
+            })
+            .collect();
+        self.pending.insert((i, gen), seen);
         self.q.at(self.now + self.detect_bound_ns(), Ev::CheckCrash { node: i, gen, at });
     }
 
@@ -419,6 +509,9 @@ impl World {
         }
         self.slots[i].paused = true;
         self.slots[i].disturbed_at = Some(self.now);
+        if self.cfg.watch == Some(i) {
+            self.watch_line(&format!("member {i} stalls"));
+        }
         let len = uniform(&mut self.rng, 500 * MS, 3 * SEC);
         self.q.at(self.now + len, Ev::Resume(i));
         self.trace(&[b'P', i as u8]);
@@ -450,6 +543,9 @@ impl World {
             return;
         }
         self.report.events += 1;
+        if let Some(w) = self.cfg.watch {
+            watch_packet(self.now, to, w, s, &bytes);
+        }
         if s.handle_packet(Instant::from_nanos(self.now), from, &bytes).is_err() {
             self.report.rejected += 1;
         }
@@ -459,7 +555,9 @@ impl World {
     fn after_step(&mut self, i: usize) {
         let now = self.now;
         self.slots[i].steps += 1;
-        let check = self.cfg.members <= 100 || self.slots[i].steps % 64 == 0;
+        // A check costs O(members): every step in small clusters, and often enough in large ones
+        // that it costs O(1) per step on average.
+        let check = self.cfg.members <= 100 || self.slots[i].steps % (self.cfg.members as u64 / 16).max(64) == 0;
         let Some(s) = self.slots[i].swim.as_mut() else { return };
         if check {
             s.check_invariants();
@@ -489,6 +587,9 @@ impl World {
                     }
                 }
                 Action::Event(e) => {
+                    if let Some(w) = self.cfg.watch {
+                        self.watch_event(i, w, &e);
+                    }
                     let tag: [u8; 9] = match &e {
                         Event::Up(m) => tagged(1, m.id),
                         Event::Suspect(id) => tagged(2, *id),
@@ -518,9 +619,41 @@ impl World {
         }
     }
 
+    fn watch_line(&self, what: &str) {
+        eprintln!("watch {:>10.3}s {what}", self.now as f64 / SEC as f64);
+    }
+
+    fn watch_event(&self, observer: usize, w: usize, e: &Event) {
+        let about = match e {
+            Event::Up(m) | Event::Updated(m) => Some(m.id),
+            Event::Suspect(id) | Event::Alive(id) | Event::Down(id) | Event::Left(id) | Event::Forgotten(id) => {
+                Some(*id)
+            }
+            _ => None,
+        };
+        let watched = NodeId(w as u64 + 1);
+        let own = observer == w;
+        if about != Some(watched) && !own {
+            return;
+        }
+        let Some(s) = self.slots[observer].swim.as_ref() else { return };
+        let seen = s.member(watched).map(|m| (m.version.gen, m.version.inc));
+        let me = s.me().version;
+        self.watch_line(&format!(
+            "member {observer} (g{}/i{} health {}): {e:?}; holds {w} at {seen:?}",
+            me.gen,
+            me.inc,
+            s.health()
+        ));
+    }
+
     fn on_down(&mut self, observer: usize, id: NodeId, gen: u64) {
         let m = (id.0 - 1) as usize;
-        self.downs.entry((observer, m, gen)).or_insert(self.now);
+        if let Some(t) = self.pending.get_mut(&(m, gen)).and_then(|v| v.get_mut(observer)) {
+            if *t == u64::MAX {
+                *t = self.now;
+            }
+        }
         let running = self.slots[m].swim.as_ref().is_some_and(|s| s.me().version.gen == gen) && !self.slots[m].left;
         // One incident per wrongly buried life, however many members hear of it.
         if !running || !self.incidents.insert((m, gen)) {
@@ -543,6 +676,7 @@ impl World {
     }
 
     fn check_crash(&mut self, node: usize, gen: u64, at: u64) {
+        let seen = self.pending.remove(&(node, gen)).unwrap_or_default();
         // Only crashes clear of partitions are held to the bound.
         if self.partition_events.iter().any(|&t| t + EXCUSE_NS > at && t < self.now) || self.net_has_cuts() {
             return;
@@ -554,12 +688,18 @@ impl World {
             if o == node || !steady {
                 continue;
             }
-            match self.downs.get(&(o, node, gen)) {
-                Some(&t) if t >= at && t <= at + bound => self.report.detect_ms.push((t - at) / MS),
-                Some(&t) if t < at => {}
+            match seen.get(o).copied().filter(|t| *t != u64::MAX) {
+                Some(t) if t >= at && t <= at + bound => self.report.detect_ms.push((t - at) / MS),
+                Some(t) if t < at => {}
                 _ => {
-                    let forgotten = slot.swim.as_ref().is_some_and(|s| s.member(NodeId(node as u64 + 1)).is_none());
-                    if !forgotten {
+                    // A member that only ever heard of this life as Down (it joined or restarted
+                    // around the crash and learned it from a full state) emits no event but
+                    // holds it down; one that forgot the tombstone holds nothing. Both are fine.
+                    let held = slot.swim.as_ref().map(|s| s.member(NodeId(node as u64 + 1)));
+                    let buried = held.as_ref().is_some_and(|m| {
+                        m.as_ref().is_none_or(|m| m.version.gen == gen && m.version.state.is_terminal())
+                    });
+                    if !buried {
                         self.report.violation = Some(format!(
                             "completeness: member {node} (gen {gen}) crashed at {}ms and member {o} had not declared it down {}ms later",
                             at / MS,
@@ -584,6 +724,38 @@ impl World {
         }))
     }
 
+    /// With `watch` set: which members' views differ from the running set, and how.
+    fn watch_disagreement(&self) {
+        let running: Vec<(NodeId, u64)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.left)
+            .filter_map(|(i, s)| s.swim.as_ref().map(|w| (NodeId(i as u64 + 1), w.me().version.gen)))
+            .collect();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(swim) = slot.swim.as_ref().filter(|_| !slot.left) else { continue };
+            let mut wrong = Vec::new();
+            for &(id, gen) in &running {
+                if id == swim.id() {
+                    continue;
+                }
+                match swim.member(id) {
+                    Some(m) if m.version.gen == gen && !m.version.state.is_terminal() => {}
+                    other => wrong.push(format!("{id}: holds {:?} runs g{gen}", other.map(|m| m.version))),
+                }
+            }
+            for m in swim.members().filter(|m| !m.version.state.is_terminal()) {
+                if !running.iter().any(|(id, _)| *id == m.id) {
+                    wrong.push(format!("{}: holds {:?}, not running", m.id, m.version));
+                }
+            }
+            if !wrong.is_empty() {
+                self.watch_line(&format!("view of member {i} differs: {}", wrong.join("; ")));
+            }
+        }
+    }
+
     fn agree(&self) -> bool {
         let want = self.expected_digest();
         self.slots.iter().all(|s| match &s.swim {
@@ -592,8 +764,33 @@ impl World {
         })
     }
 
+    /// Everything sent so far, by the members running now and those crashed before.
+    fn load_so_far(&self) -> Load {
+        let mut l = Load {
+            packets: self.report.packets,
+            bytes: self.report.bytes,
+            packets_by_kind: self.report.packets_by_kind,
+            bytes_by_kind: self.report.bytes_by_kind,
+            member_secs: 0.0,
+        };
+        for swim in self.slots.iter().filter_map(|s| s.swim.as_ref()) {
+            for k in 0..Kind::COUNT {
+                l.packets_by_kind[k] += swim.stats().sent_packets_by_kind[k];
+                l.bytes_by_kind[k] += swim.stats().sent_bytes_by_kind[k];
+            }
+        }
+        l
+    }
+
     fn sample(&mut self) {
+        if self.steady_mark.is_none() && self.now >= STEADY_FROM_NS {
+            self.steady_mark = Some(self.load_so_far());
+        }
         let agree = self.agree();
+        let late = self.now + CONVERGE_BOUND_NS >= self.faults_end;
+        if !agree && late && self.cfg.watch.is_some() && self.now % SEC < 100 * MS {
+            self.watch_disagreement();
+        }
         if agree {
             self.agreed_since.get_or_insert(self.now);
         } else {
@@ -633,14 +830,45 @@ impl World {
             self.report.violation = Some("convergence: views never agreed after the faults ended".to_string());
         }
         self.report.member_secs = self.cfg.members as f64 * self.cfg.duration_ns as f64 / SEC as f64;
+        let mark = self.steady_mark.take().unwrap_or_default();
         for s in &self.slots {
             if let Some(swim) = &s.swim {
                 swim.check_invariants();
+                self.report.add_stats(swim);
                 let st = swim.stats();
                 self.report.trace = fnv1a64_extend(self.report.trace, &st.packets_sent.to_le_bytes());
             }
         }
+        let r = &self.report;
+        let mut steady = Load {
+            packets: r.packets - mark.packets,
+            bytes: r.bytes - mark.bytes,
+            member_secs: self.cfg.members as f64 * self.cfg.duration_ns.saturating_sub(STEADY_FROM_NS) as f64
+                / SEC as f64,
+            ..Load::default()
+        };
+        for k in 0..Kind::COUNT {
+            steady.packets_by_kind[k] = r.packets_by_kind[k] - mark.packets_by_kind[k];
+            steady.bytes_by_kind[k] = r.bytes_by_kind[k] - mark.bytes_by_kind[k];
+        }
+        self.report.steady = steady;
         self.report
+    }
+}
+
+/// With `watch` set: every update about the watched member as it is delivered, and what the
+/// receiver held before.
+fn watch_packet(now: u64, to: usize, w: usize, receiver: &Swim, bytes: &[u8]) {
+    let Ok(env) = quorate_core::wire::decode::<Packet>(bytes, CLUSTER_ID, usize::MAX) else { return };
+    let watched = NodeId(w as u64 + 1);
+    for u in env.body.gossip.iter().filter(|u| u.id() == watched) {
+        let held = receiver.member(watched).map(|m| m.version);
+        eprintln!(
+            "watch {:>10.3}s member {} -> {to} {:?}: {u:?}; {to} held {held:?}",
+            now as f64 / SEC as f64,
+            env.from.0 - 1,
+            env.body.body.kind()
+        );
     }
 }
 

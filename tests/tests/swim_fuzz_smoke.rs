@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use quorate_core::swim::testkit::{check_decode, drive, CLUSTER, LIMIT};
-use quorate_core::swim::{Addr, Body, Digest, Meta, Packet, Update};
+use quorate_core::swim::{Addr, Body, Digest, Packet, Update};
 use quorate_core::{wire, NodeId};
 
 fn wild() -> impl Strategy<Value = u64> {
@@ -15,7 +15,7 @@ fn update() -> impl Strategy<Value = Update> {
     (0u8..4, 0u64..7, wild(), wild(), 0u64..7, any::<u8>()).prop_map(|(k, id, gen, inc, by, port)| {
         let id = NodeId(id);
         match k {
-            0 => Update::Alive { id, gen, inc, addr: Addr::v4(10, 1, 0, port, 7946), meta: Meta::default() },
+            0 => Update::Alive { id, gen, inc, addr: Addr::v4(10, 1, 0, port, 7946), meta: Default::default() },
             1 => Update::Suspect { id, gen, inc, by: NodeId(by) },
             2 => Update::Down { id, gen, inc },
             _ => Update::Left { id, gen, inc },

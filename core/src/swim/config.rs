@@ -26,6 +26,12 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Members asked to probe indirectly when a direct probe times out (k).
     pub indirect_probes: usize,
+    /// Waves of indirect probes per round: after the first (Lifeguard's, at `probe_timeout`),
+    /// each further wave asks `k` other members halfway through what is left of the probe
+    /// interval, only while no ack has come. Under heavy loss this cuts the rounds that fail
+    /// while the target is alive, and so the suspicions and refutations every member must
+    /// hear about, at no cost on a healthy network. 1 is classic SWIM.
+    pub indirect_waves: u32,
     /// Suspicion timeout at full confirmation: `suspicion_mult · max(1, log10 n) · probe_interval`.
     /// Also sets the confirmations expected: `suspicion_mult - 2`.
     pub suspicion_mult: u32,
@@ -37,12 +43,19 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Members a gossip-only round sends to.
     pub gossip_fanout: usize,
+    /// Most updates waiting to be gossiped; past that the most-sent, oldest is dropped (push-pull
+    /// repairs what gossip drops). Only a join storm or a healed partition fills it.
+    pub gossip_queue_max: usize,
     /// Time between periodic full-state exchanges (push-pull) with one random member, for
     /// clusters up to 32 members; larger clusters stretch it in proportion to `n / 32`, so the
     /// bytes each member sends per second stay constant as the cluster grows.
     pub push_pull_interval: Duration,
     /// Shortest time between two push-pulls started because a peer's view digest differed.
     pub sync_gap: Duration,
+    /// Average bytes per second those digest-driven push-pulls may cost (request and reply,
+    /// at this member's state size; a burst of two is allowed). A full state grows with the
+    /// cluster, so this budget is what keeps their load per member constant in n.
+    pub sync_bytes_per_s: u32,
     /// Health score ceiling (Lifeguard's awareness): intervals scale by up to this factor.
     pub health_max: u32,
     /// Largest datagram sent or accepted, in bytes.
@@ -84,13 +97,16 @@ impl Config {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_probes: 3,
+            indirect_waves: 3,
             suspicion_mult: 4,
             suspicion_max_mult: 6,
             retransmit_mult: 4,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
+            gossip_queue_max: 1024,
             push_pull_interval: Duration::from_secs(30),
             sync_gap: Duration::from_secs(2),
+            sync_bytes_per_s: 512,
             health_max: 8,
             packet_bytes_max: 1400,
             meta_bytes_max: 512,
@@ -115,6 +131,9 @@ impl Config {
         if self.indirect_probes > 16 {
             return bad("indirect_probes", "must be at most 16 (3 is usual)");
         }
+        if !(1..=4).contains(&self.indirect_waves) {
+            return bad("indirect_waves", "must be between 1 and 4 (3 is usual)");
+        }
         if self.suspicion_mult < 1 {
             return bad("suspicion_mult", "must be at least 1 (4 is usual)");
         }
@@ -126,6 +145,9 @@ impl Config {
         }
         if self.gossip_interval.is_zero() {
             return bad("gossip_interval", "must be positive (200ms is usual)");
+        }
+        if self.gossip_queue_max < 16 {
+            return bad("gossip_queue_max", "must be at least 16 (1024 is usual)");
         }
         if self.push_pull_interval.is_zero() {
             return bad("push_pull_interval", "must be positive (30s is usual)");

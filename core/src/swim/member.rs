@@ -20,6 +20,8 @@
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -165,6 +167,9 @@ impl Version {
 }
 
 /// Everything known about one member.
+///
+/// The metadata is shared: cloning a `Member` copies a pointer, and a member's records of others
+/// point at one value per distinct metadata it has seen (members of one zone share one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The member's id.
@@ -174,7 +179,69 @@ pub struct Member {
     /// The latest claim about it.
     pub version: Version,
     /// What it published about itself.
-    pub meta: Meta,
+    #[serde(with = "shared_meta")]
+    pub meta: Arc<Meta>,
+}
+
+/// Serde for `Arc<Meta>`, encoded exactly as a `Meta` (serde's own needs its `rc` feature).
+pub(crate) mod shared_meta {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(m: &Arc<Meta>, s: S) -> Result<S::Ok, S::Error> {
+        Meta::serialize(m, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Meta>, D::Error> {
+        Meta::deserialize(d).map(Arc::new)
+    }
+}
+
+/// Interns metadata so equal values share one allocation: records of members that publish the
+/// same labels (one zone, one rack, no per-member tags) cost a pointer each.
+///
+/// Values no record points at any more are dropped in sweeps, run each time the pool has
+/// doubled since the last one, so interning is amortized O(log n).
+#[derive(Default)]
+pub(crate) struct MetaPool {
+    by_hash: BTreeMap<u64, Vec<Arc<Meta>>>,
+    len: usize,
+    sweep_at: usize,
+}
+
+impl MetaPool {
+    /// The pooled value equal to `meta`, adding it if there is none.
+    pub fn intern(&mut self, meta: Arc<Meta>) -> Arc<Meta> {
+        let hash = meta_hash(&meta);
+        let bucket = self.by_hash.entry(hash).or_default();
+        if let Some(m) = bucket.iter().find(|m| Arc::ptr_eq(m, &meta) || ***m == *meta) {
+            return m.clone();
+        }
+        bucket.push(meta.clone());
+        self.len += 1;
+        if self.len > self.sweep_at {
+            self.sweep();
+        }
+        meta
+    }
+
+    /// Distinct values held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn sweep(&mut self) {
+        self.by_hash.retain(|_, bucket| {
+            bucket.retain(|m| Arc::strong_count(m) > 1);
+            !bucket.is_empty()
+        });
+        self.len = self.by_hash.values().map(Vec::len).sum();
+        self.sweep_at = 2 * self.len + 16;
+    }
+}
+
+/// FNV-1a of the metadata's encoding (the pool's bucket key; equality decides).
+fn meta_hash(meta: &Meta) -> u64 {
+    postcard::to_allocvec(meta).map_or(0, |bytes| crate::fnv1a64(&bytes))
 }
 
 impl Member {
@@ -187,6 +254,7 @@ impl Member {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::format;
 
     fn v(gen: u64, inc: u64, state: State) -> Version {
         Version { gen, inc, state }
@@ -213,6 +281,39 @@ mod tests {
         assert!(!v(1, 3, State::Alive).supersedes(&v(1, 3, State::Suspect)));
         assert!(v(1, 4, State::Alive).supersedes(&v(1, 3, State::Suspect)));
         assert!(!v(1, 2, State::Suspect).supersedes(&v(1, 3, State::Alive)));
+    }
+
+    #[test]
+    fn equal_metadata_is_shared_and_unused_values_are_swept() {
+        let mut pool = MetaPool::default();
+        let zone = |z: &str| Arc::new(Meta { zone: z.into(), weight: 1, ..Meta::default() });
+        let a = pool.intern(zone("z1"));
+        let b = pool.intern(zone("z1"));
+        let c = pool.intern(zone("z2"));
+        assert!(Arc::ptr_eq(&a, &b), "equal values share one allocation");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(pool.len(), 2);
+        drop(c);
+        for i in 0..40 {
+            let _ = pool.intern(zone(&format!("t{i}")));
+        }
+        assert!(pool.len() < 40, "values nobody holds were swept ({} left)", pool.len());
+        let again = pool.intern(zone("z1"));
+        assert!(Arc::ptr_eq(&a, &again), "a value still held survives sweeps");
+    }
+
+    #[test]
+    fn shared_metadata_encodes_like_plain_metadata() {
+        let meta = Meta { zone: "z".into(), weight: 2, ..Meta::default() };
+        let m = Member {
+            id: NodeId(1),
+            addr: Addr::v4(1, 2, 3, 4, 5),
+            version: v(1, 0, State::Alive),
+            meta: Arc::new(meta.clone()),
+        };
+        let plain = postcard::to_allocvec(&(m.id, m.addr, m.version, &meta)).unwrap();
+        assert_eq!(postcard::to_allocvec(&m).unwrap(), plain);
+        assert_eq!(postcard::from_bytes::<Member>(&plain).unwrap(), m);
     }
 
     #[test]

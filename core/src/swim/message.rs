@@ -1,5 +1,6 @@
 //! SWIM packets: one datagram each, inside the [`wire`](crate::wire) envelope.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,8 @@ pub enum Update {
         /// Its SWIM address.
         addr: Addr,
         /// Its metadata.
-        meta: Meta,
+        #[serde(with = "super::member::shared_meta")]
+        meta: Arc<Meta>,
     },
     /// `by` suspects the member at this incarnation.
     Suspect {
@@ -165,6 +167,57 @@ pub enum Body {
     },
     /// Gossip only.
     Gossip,
+}
+
+/// The kinds of [`Body`], for counting traffic by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// [`Body::Ping`].
+    Ping,
+    /// [`Body::Ack`].
+    Ack,
+    /// [`Body::PingReq`].
+    PingReq,
+    /// [`Body::Nack`].
+    Nack,
+    /// [`Body::PushPull`].
+    PushPull,
+    /// [`Body::Gossip`].
+    Gossip,
+}
+
+impl Kind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 6;
+    /// Every kind, in index order.
+    pub const ALL: [Kind; Kind::COUNT] =
+        [Kind::Ping, Kind::Ack, Kind::PingReq, Kind::Nack, Kind::PushPull, Kind::Gossip];
+
+    /// A short lowercase name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ping => "ping",
+            Kind::Ack => "ack",
+            Kind::PingReq => "ping_req",
+            Kind::Nack => "nack",
+            Kind::PushPull => "push_pull",
+            Kind::Gossip => "gossip",
+        }
+    }
+}
+
+impl Body {
+    /// This body's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Ping { .. } => Kind::Ping,
+            Body::Ack { .. } => Kind::Ack,
+            Body::PingReq { .. } => Kind::PingReq,
+            Body::Nack { .. } => Kind::Nack,
+            Body::PushPull { .. } => Kind::PushPull,
+            Body::Gossip => Kind::Gossip,
+        }
+    }
 }
 
 /// One SWIM datagram's body.

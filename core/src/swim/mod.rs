@@ -17,6 +17,17 @@
 //! - **nacks**: indirect probers answer "no answer" in time, so a requester can tell its own
 //!   trouble from the target's.
 //!
+//! Beyond the papers, for heavy loss and large clusters (every member hears every suspicion,
+//! so the churn of false suspicions, and what it costs each member, grows with n):
+//! - **indirect waves** ([`Config::indirect_waves`]): while no ack has come, further waves of
+//!   `k` other helpers go out later in the round, so fewer rounds fail for a live member;
+//! - **corrections**: a stale suspicion is answered straight back with the refutation held,
+//!   and a suspicion still open halfway to its deadline is gossiped once more (a last call), so
+//!   a refutation lost on its way to one member does not bury a live member;
+//! - **bounded anti-entropy**: push-pulls started by a differing digest spend a byte budget
+//!   ([`Config::sync_bytes_per_s`]), and the periodic one stretches with the cluster, so
+//!   full-state exchanges cost each member the same whatever n.
+//!
 //! The machine owns its encoding: [`Swim::handle_packet`] takes raw datagrams and
 //! [`Action::Send`] carries ready ones, so every packet, in or out, is checked against
 //! [`Config::packet_bytes_max`]. See [`member`] for the precedence rule that merges updates.
@@ -57,12 +68,15 @@ mod config;
 mod gossip;
 pub mod member;
 pub mod message;
+mod table;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 #[cfg(test)]
 mod tests;
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 use rand_chacha::ChaCha8Rng;
@@ -71,8 +85,10 @@ use thiserror::Error;
 
 pub use config::{Config, ConfigError};
 use gossip::GossipQueue;
+use member::MetaPool;
 pub use member::{Addr, Member, Meta, State, Version};
-pub use message::{member_hash, Body, Digest, Packet, Update};
+pub use message::{member_hash, Body, Digest, Kind, Packet, Update};
+use table::{MemberTable, Record};
 
 use crate::machine::Machine;
 use crate::time::{earliest, Instant};
@@ -93,11 +109,12 @@ pub enum Action {
     Event(Event),
 }
 
-/// Membership news.
+/// Membership news. A [`Member`] rides boxed, so that an [`Action`] is no larger than a
+/// `Send`, which almost every action is (actions are moved through a queue by the million).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A member became known alive: new, back after down or left, or a new generation.
-    Up(Member),
+    Up(Box<Member>),
     /// A member is suspected.
     Suspect(NodeId),
     /// A suspected member refuted the suspicion.
@@ -107,7 +124,7 @@ pub enum Event {
     /// A member left gracefully.
     Left(NodeId),
     /// A live member published new metadata or a new address.
-    Updated(Member),
+    Updated(Box<Member>),
     /// A Down or Left member's tombstone was collected.
     Forgotten(NodeId),
     /// This member's own health score changed (0 is healthy, see [`Config::health_max`]).
@@ -174,13 +191,25 @@ pub struct Stats {
     pub refutations: u64,
     /// Full-state exchanges started.
     pub push_pulls: u64,
+    /// Of those, started because a peer's view digest differed.
+    pub digest_syncs: u64,
+    /// Stale suspicions answered with the refutation this member held.
+    pub corrections: u64,
+    /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
+    pub sent_packets_by_kind: [u64; Kind::COUNT],
+    /// Bytes sent, by [`Kind`] (index with `kind as usize`).
+    pub sent_bytes_by_kind: [u64; Kind::COUNT],
 }
 
 struct Probe {
     target: NodeId,
     seq: u32,
+    /// When the next indirect wave goes out, while waves remain.
     indirect_at: Instant,
-    indirect_sent: bool,
+    /// Indirect waves sent so far.
+    waves: u32,
+    /// Helpers asked so far (a later wave asks others).
+    helpers: Vec<NodeId>,
     acked: bool,
     direct_ack: bool,
     nacks: u32,
@@ -198,11 +227,8 @@ struct Suspicion {
     start: Instant,
     confirmers: Vec<NodeId>,
     deadline: Instant,
-}
-
-struct Known {
-    member: Member,
-    since: Instant,
+    /// Halfway to the deadline, until it has been done: the last call.
+    recheck: Option<Instant>,
 }
 
 /// Indirect probes this member runs for others at once; more are refused (flood bound).
@@ -211,13 +237,18 @@ const INDIRECT_MAX: usize = 256;
 const ANSWERED_MAX: usize = 64;
 /// Room left in every packet for the envelope and the gossip list's length.
 const GOSSIP_SLACK: usize = 4;
+/// A record of news in a push-pull answer refunds this many records' worth of sync budget.
+const SYNC_NEWS_WORTH: u64 = 16;
+/// Corrections of stale suspicions sent back for one received packet.
+const CORRECTIONS_MAX: usize = 4;
 
 /// One SWIM member. See the [module docs](self).
 pub struct Swim {
     cfg: Config,
     rng: ChaCha8Rng,
     me: Member,
-    members: BTreeMap<NodeId, Known>,
+    members: MemberTable,
+    metas: MetaPool,
     live: usize,
     digest_hash: u32,
     probe_order: Vec<NodeId>,
@@ -228,13 +259,23 @@ pub struct Swim {
     indirect: BTreeMap<u32, Indirect>,
     suspicions: BTreeMap<NodeId, Suspicion>,
     suspicion_deadlines: BTreeSet<(Instant, NodeId)>,
+    suspicion_rechecks: BTreeSet<(Instant, NodeId)>,
+    /// When each Down or Left member's tombstone is collected, in both orders.
     tombstones: BTreeSet<(Instant, NodeId)>,
+    tomb_due: BTreeMap<NodeId, Instant>,
     gossip: GossipQueue,
     health: u32,
     next_gossip: Instant,
     next_push_pull: Instant,
+    /// The period `next_push_pull` was planned with (it grows with the cluster).
+    planned_period: Duration,
     last_sync: Option<Instant>,
     mismatch_since: Option<Instant>,
+    /// Bytes digest-driven exchanges may still spend, as of `sync_tokens_at`.
+    sync_tokens: u64,
+    sync_tokens_at: Instant,
+    /// Average encoded bytes per member in the last full state sent.
+    record_bytes: u64,
     view_hash: u32,
     answered: VecDeque<(NodeId, u64, u32)>,
     joined: bool,
@@ -257,8 +298,9 @@ impl Swim {
             id: cfg.id,
             addr: cfg.addr,
             version: Version { gen: gen.min(Version::MAX_VALID), inc: 0, state: State::Alive },
-            meta: cfg.meta.clone(),
+            meta: Arc::new(cfg.meta.clone()),
         };
+        let gossip = GossipQueue::new(cfg.gossip_queue_max, cfg.id);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let jitter = |rng: &mut ChaCha8Rng, d: Duration| {
             now.saturating_add(Duration::from_nanos(rng.next_u64() % (d.as_nanos() as u64).max(1)))
@@ -271,11 +313,13 @@ impl Swim {
         // A random start, so a restarted member (same id, perhaps the same generation) does not
         // reuse the sequence numbers its previous life used, which peers may still remember.
         let seq = rng.next_u32();
+        let planned_period = cfg.push_pull_interval;
         let mut swim = Swim {
             cfg,
             rng,
             me,
-            members: BTreeMap::new(),
+            members: MemberTable::default(),
+            metas: MetaPool::default(),
             live: 1,
             digest_hash: 0,
             probe_order: Vec::new(),
@@ -286,13 +330,19 @@ impl Swim {
             indirect: BTreeMap::new(),
             suspicions: BTreeMap::new(),
             suspicion_deadlines: BTreeSet::new(),
+            suspicion_rechecks: BTreeSet::new(),
             tombstones: BTreeSet::new(),
-            gossip: GossipQueue::default(),
+            tomb_due: BTreeMap::new(),
+            gossip,
             health: 0,
             next_gossip,
             next_push_pull,
+            planned_period,
             last_sync: None,
             mismatch_since: None,
+            sync_tokens: u64::MAX,
+            sync_tokens_at: now,
+            record_bytes: 32,
             view_hash: 0,
             answered: VecDeque::new(),
             joined: false,
@@ -325,14 +375,20 @@ impl Swim {
         &self.me
     }
 
-    /// Everything known about `id` (this member excluded).
-    pub fn member(&self, id: NodeId) -> Option<&Member> {
-        self.members.get(&id).map(|k| &k.member)
+    /// Everything known about `id` (this member excluded). Members are stored compactly, so
+    /// this builds the value (the metadata is shared, not copied).
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.members.get(id).map(|r| self.members.member(r))
     }
 
     /// Every other known member, tombstones included, in id order.
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().map(|k| &k.member)
+    pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.members.iter().map(|r| self.members.member(r))
+    }
+
+    /// Other members known, tombstones included.
+    pub fn known_members(&self) -> usize {
+        self.members.len()
     }
 
     /// Alive and suspect members, this one included.
@@ -371,6 +427,16 @@ impl Swim {
         self.gossip.len()
     }
 
+    /// Updates dropped unsent because the gossip queue was full ([`Config::gossip_queue_max`]).
+    pub fn dropped_gossip(&self) -> u64 {
+        self.gossip.dropped()
+    }
+
+    /// Distinct metadata values held (equal values are shared by every record that has them).
+    pub fn distinct_metas(&self) -> usize {
+        self.metas.len()
+    }
+
     // ----- commands -----
 
     /// Publishes new metadata: bumps the incarnation and gossips it.
@@ -382,7 +448,7 @@ impl Swim {
         if len > self.cfg.meta_bytes_max {
             return Err(SwimError::MetaTooLarge { len, max: self.cfg.meta_bytes_max });
         }
-        self.me.meta = meta;
+        self.me.meta = Arc::new(meta);
         self.bump_incarnation(self.me.version.inc);
         let _ = now;
         Ok(())
@@ -398,7 +464,7 @@ impl Swim {
         self.me.version.state = State::Left;
         self.probe = None;
         self.next_join = None;
-        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip.push(&Update::of(&self.me, self.cfg.id));
         self.gossip_round(now);
         Ok(())
     }
@@ -443,18 +509,32 @@ impl Swim {
         }
         let sender = env.from;
         let packet = env.body;
+        let mut corrections = Vec::new();
+        let me_before = self.me.version;
         for u in packet.gossip {
-            self.apply(now, u.id(), u.version(), claim_by(&u, sender), info_of(u), true);
+            if corrections.len() < CORRECTIONS_MAX {
+                if let Some(c) = self.correction(&u) {
+                    self.stats.corrections += 1;
+                    corrections.push(c);
+                }
+            }
+            let _ = self.apply(now, u.id(), u.version(), claim_by(&u, sender), info_of(u), true);
+        }
+        // This packet made this member refute a suspicion or renew: the sender, who holds the
+        // claim it answers, hears the answer first (it also spreads by gossip).
+        if self.me.version != me_before && !self.leaving {
+            corrections.insert(0, Update::of(&self.me, self.cfg.id));
         }
         // A sender we hold for dead in its generation learns so first, and renews.
-        let warn = self.members.get(&sender).and_then(|k| {
-            (k.member.version.state.is_terminal() && k.member.version.gen >= packet.gen)
-                .then(|| Update::of(&k.member, self.cfg.id))
-        });
+        let warn = self
+            .members
+            .get(sender)
+            .and_then(|r| (!r.is_live() && r.gen >= packet.gen).then(|| self.update_of(r, self.cfg.id)));
         match packet.body {
             Body::Ping { seq, target } => {
                 if target == self.cfg.id {
-                    self.send(from, Body::Ack { seq }, warn);
+                    let first = warn.into_iter().chain(core::mem::take(&mut corrections)).collect();
+                    self.send(from, Body::Ack { seq }, first);
                 }
             }
             Body::Ack { seq } => self.on_ack(seq),
@@ -469,14 +549,16 @@ impl Swim {
                     let nack_at = now.saturating_add(self.scaled(self.cfg.probe_timeout) * 4 / 5);
                     self.indirect.insert(my_seq, Indirect { requester: from, seq, nack_at });
                     let buddy = self.buddy(target);
-                    self.send(addr, Body::Ping { seq: my_seq, target }, buddy);
+                    self.send(addr, Body::Ping { seq: my_seq, target }, buddy.into_iter().collect());
                 }
             }
             Body::PushPull { seq, reply, join, members, .. } => {
+                let mut news = 0u64;
                 for m in members {
                     let info = (m.addr != Addr::UNSPECIFIED).then_some((m.addr, m.meta));
-                    self.apply(now, m.id, m.version, sender, info, m.id == sender);
+                    news += u64::from(self.apply(now, m.id, m.version, sender, info, m.id == sender));
                 }
+                self.refund_sync_budget(news);
                 if reply {
                     if !self.joined {
                         self.joined = true;
@@ -493,40 +575,97 @@ impl Swim {
             }
             Body::Gossip => {
                 if let Some(w) = warn {
-                    self.send(from, Body::Gossip, Some(w));
+                    corrections.insert(0, w);
                 }
             }
+        }
+        if !corrections.is_empty() {
+            self.send(from, Body::Gossip, corrections);
         }
         // Views that keep differing are repaired by a full-state exchange with the sender. A
         // difference in incarnations only is usually an update still spreading, so it must
         // persist for a gap first; a difference in member count is repaired at once.
         if packet.digest == self.digest() {
             self.mismatch_since = None;
-        } else if self.members.get(&sender).is_some_and(|k| is_live(&k.member)) {
-            let gap = self.cfg.sync_gap * (self.live as u32).div_ceil(1024).max(1);
+        } else if self.members.get(sender).is_some_and(Record::is_live) {
+            let gap = self.cfg.sync_gap;
             let since = *self.mismatch_since.get_or_insert(now);
             // Different member counts are no passing refutation: repair at once.
             let persistent = packet.digest.live != self.digest().live || now >= since.saturating_add(gap);
             let rested = self.last_sync.is_none_or(|t| now >= t.saturating_add(gap));
-            if persistent && rested {
+            if persistent && rested && self.take_sync_budget(now) {
                 self.last_sync = Some(now);
                 self.mismatch_since = None;
+                self.stats.digest_syncs += 1;
                 self.push_pull_with(sender, false);
             }
         }
         Ok(())
     }
 
+    /// When `u` is a suspicion older than a refutation this member holds (the suspect's own
+    /// `Alive` at a higher incarnation or generation, or this member's own life), the sender
+    /// missed the refutation: the update that tells it, sent straight back. A refutation lost
+    /// on its way to one member would otherwise let that member's timer bury a live member.
+    /// At most [`CORRECTIONS_MAX`] go back per received packet.
+    fn correction(&self, u: &Update) -> Option<Update> {
+        let Update::Suspect { id, .. } = *u else { return None };
+        let v = u.version();
+        if id == self.cfg.id {
+            let mine = self.me.version;
+            let stale = mine.state == State::Alive && (v.gen < mine.gen || (v.gen == mine.gen && v.inc < mine.inc));
+            return stale.then(|| Update::of(&self.me, self.cfg.id));
+        }
+        let r = self.members.get(id)?;
+        (r.state == State::Alive && r.version().supersedes(&v)).then(|| self.update_of(r, self.cfg.id))
+    }
+
+    /// Digest-driven exchanges draw on a budget of [`Config::sync_bytes_per_s`], counting the
+    /// request and the reply at this member's state size, with room for a burst of two: their
+    /// cost stays constant per member as the cluster grows, where a full state grows with it.
+    /// Records of an answer that were news are refunded ([`Self::refund_sync_budget`]), so
+    /// exchanges that repair much (after a join storm, a healed partition) are not held back;
+    /// exchanges that find views nearly equal (churn still spreading) are.
+    fn take_sync_budget(&mut self, now: Instant) -> bool {
+        let cost = 2 * self.state_bytes();
+        let cap = self.sync_budget_cap();
+        let elapsed = now.saturating_duration_since(self.sync_tokens_at);
+        let earned = (elapsed.as_nanos() * u128::from(self.cfg.sync_bytes_per_s) / 1_000_000_000) as u64;
+        self.sync_tokens = self.sync_tokens.saturating_add(earned).min(cap);
+        self.sync_tokens_at = now;
+        if self.sync_tokens < cost {
+            return false;
+        }
+        self.sync_tokens -= cost;
+        true
+    }
+
+    fn refund_sync_budget(&mut self, news: u64) {
+        // An answer that is at least 1/SYNC_NEWS_WORTH news pays for its exchange.
+        let refund = news.saturating_mul(2 * SYNC_NEWS_WORTH * self.record_bytes);
+        self.sync_tokens = self.sync_tokens.saturating_add(refund).min(self.sync_budget_cap());
+    }
+
+    /// Two exchanges' worth.
+    fn sync_budget_cap(&self) -> u64 {
+        4 * self.state_bytes()
+    }
+
+    /// The encoded size of this member's full state, from the last one it sent.
+    fn state_bytes(&self) -> u64 {
+        self.record_bytes * (self.members.len() as u64 + 1)
+    }
+
     fn on_ack(&mut self, seq: u32) {
         if let Some(p) = self.probe.as_mut().filter(|p| p.seq == seq) {
             if !p.acked {
                 p.acked = true;
-                p.direct_ack = !p.indirect_sent;
+                p.direct_ack = p.waves == 0;
             }
             return;
         }
         if let Some(ind) = self.indirect.remove(&seq) {
-            self.send(ind.requester, Body::Ack { seq: ind.seq }, None);
+            self.send(ind.requester, Body::Ack { seq: ind.seq }, Vec::new());
         }
     }
 
@@ -537,64 +676,55 @@ impl Swim {
     /// `regossip` is false for claims learned in a full-state exchange: the partner already
     /// knows them and digest-driven exchanges spread them further, so re-gossiping every
     /// member of a large cluster after each exchange would only flood the piggyback queue.
-    fn apply(&mut self, now: Instant, id: NodeId, v: Version, by: NodeId, info: Option<(Addr, Meta)>, regossip: bool) {
+    fn apply(
+        &mut self,
+        now: Instant,
+        id: NodeId,
+        v: Version,
+        by: NodeId,
+        info: Option<(Addr, Arc<Meta>)>,
+        regossip: bool,
+    ) -> bool {
         if id == NodeId::NONE {
-            return;
+            return false;
         }
         if id == self.cfg.id {
             self.about_me(v);
-            return;
+            return false;
         }
-        let Some(known) = self.members.get_mut(&id) else {
-            match (v.state, info) {
-                (State::Suspect | State::Alive, Some((addr, meta))) => {
-                    let member = Member { id, addr, version: v, meta };
-                    self.members.insert(id, Known { member: member.clone(), since: now });
-                    self.digest_hash ^= member_hash(id, v.gen, v.inc);
-                    self.became_live(id, v.gen);
-                    self.emit(Event::Up(member.clone()));
-                    if v.state == State::Suspect {
-                        self.emit(Event::Suspect(id));
-                        self.start_suspicion(now, id, v, by);
-                    }
-                    if regossip {
-                        self.gossip.push(Update::of(&member, by));
-                    }
-                }
-                (State::Down | State::Left, info) => {
-                    let (addr, meta) = info.unwrap_or_default_addr();
-                    let member = Member { id, addr, version: v, meta };
-                    self.members.insert(id, Known { member: member.clone(), since: now });
-                    self.tombstones.insert((now.saturating_add(self.cfg.tombstone_ttl), id));
-                    if regossip {
-                        self.gossip.push(Update::of(&member, by));
-                    }
-                }
-                _ => {}
-            }
-            return;
+        let Some(rec) = self.members.get(id) else {
+            return self.apply_new(now, id, v, by, info, regossip);
         };
-        let old = known.member.version;
+        let old = rec.version();
+        let old_addr = self.members.addr(rec);
         // A member known only from a tombstone has no address: a live claim without one cannot
         // be acted on, and ignoring it keeps the view independent of delivery order.
-        if info.is_none() && !v.state.is_terminal() && known.member.addr == Addr::UNSPECIFIED {
-            return;
+        if info.is_none() && !v.state.is_terminal() && old_addr == Addr::UNSPECIFIED {
+            return false;
         }
         if !v.supersedes(&old) {
             if v == old && v.state == State::Suspect {
                 self.confirm_suspicion(id, v, by);
             }
-            return;
+            return false;
         }
-        known.member.version = v;
-        known.since = now;
         let mut meta_changed = false;
         if let Some((addr, meta)) = info {
-            meta_changed = addr != known.member.addr || meta != known.member.meta;
-            known.member.addr = addr;
-            known.member.meta = meta;
+            let same_meta = *rec.meta == *meta;
+            meta_changed = addr != old_addr || !same_meta;
+            if addr != old_addr {
+                self.members.set_addr(id, addr);
+            }
+            if !same_meta {
+                let meta = self.metas.intern(meta);
+                if let Some(r) = self.members.get_mut(id) {
+                    r.meta = meta;
+                }
+            }
         }
-        let member = known.member.clone();
+        if let Some(r) = self.members.get_mut(id) {
+            r.set_version(v);
+        }
         let was_live = !old.state.is_terminal();
         let is_live_now = !v.state.is_terminal();
         if was_live {
@@ -615,35 +745,113 @@ impl Swim {
         match v.state {
             State::Alive => {
                 if !was_live || v.gen != old.gen {
-                    self.emit(Event::Up(member.clone()));
+                    self.emit_member(id, Event::Up);
                 } else {
                     if old.state == State::Suspect {
                         self.emit(Event::Alive(id));
                     }
                     if meta_changed {
-                        self.emit(Event::Updated(member.clone()));
+                        self.emit_member(id, Event::Updated);
                     }
                 }
             }
             State::Suspect => {
                 if !was_live || v.gen != old.gen {
-                    self.emit(Event::Up(member.clone()));
+                    self.emit_member(id, Event::Up);
                 }
                 self.emit(Event::Suspect(id));
                 self.start_suspicion(now, id, v, by);
             }
             State::Down | State::Left => {
-                self.tombstones.insert((now.saturating_add(self.cfg.tombstone_ttl), id));
+                self.set_tombstone(now, id);
                 if was_live || old.state != v.state {
                     self.emit(if v.state == State::Down { Event::Down(id) } else { Event::Left(id) });
                 }
             }
         }
+        if is_live_now && !was_live {
+            self.clear_tombstone(id);
+        }
         if regossip {
-            self.gossip.push(Update::of(&member, by));
+            self.queue_gossip(id, by);
         } else {
             // Whatever was pending about this member is now stale.
             self.gossip.remove(id);
+        }
+        true
+    }
+
+    /// [`Self::apply`] for a member not known before.
+    fn apply_new(
+        &mut self,
+        now: Instant,
+        id: NodeId,
+        v: Version,
+        by: NodeId,
+        info: Option<(Addr, Arc<Meta>)>,
+        regossip: bool,
+    ) -> bool {
+        match (v.state, info) {
+            (State::Suspect | State::Alive, Some((addr, meta))) => {
+                let meta = self.metas.intern(meta);
+                self.members.insert(id, v, addr, meta.clone());
+                self.digest_hash ^= member_hash(id, v.gen, v.inc);
+                self.became_live(id, v.gen);
+                self.emit(Event::Up(Box::new(Member { id, addr, version: v, meta })));
+                if v.state == State::Suspect {
+                    self.emit(Event::Suspect(id));
+                    self.start_suspicion(now, id, v, by);
+                }
+            }
+            (State::Down | State::Left, info) => {
+                let (addr, meta) = info.unwrap_or_else(|| (Addr::UNSPECIFIED, Arc::default()));
+                let meta = self.metas.intern(meta);
+                self.members.insert(id, v, addr, meta);
+                self.set_tombstone(now, id);
+            }
+            _ => return false,
+        }
+        if regossip {
+            self.queue_gossip(id, by);
+        }
+        true
+    }
+
+    /// Emits `event` with the current public view of member `id`.
+    fn emit_member(&mut self, id: NodeId, event: fn(Box<Member>) -> Event) {
+        if let Some(r) = self.members.get(id) {
+            let m = self.members.member(r);
+            self.emit(event(Box::new(m)));
+        }
+    }
+
+    /// The update that states what `rec` records (`by`: the suspecter, for a suspicion).
+    fn update_of(&self, rec: &Record, by: NodeId) -> Update {
+        update_of(&self.members, rec, by)
+    }
+
+    /// The update about `id` as known now (this member's own, or from its record).
+    fn current_update(&self, id: NodeId, by: NodeId) -> Option<Update> {
+        current_update(&self.members, &self.me, id, by)
+    }
+
+    fn queue_gossip(&mut self, id: NodeId, by: NodeId) {
+        if let Some(u) = self.current_update(id, by) {
+            self.gossip.push(&u);
+        }
+    }
+
+    /// Schedules the collection of `id`'s tombstone, replacing any earlier schedule.
+    fn set_tombstone(&mut self, now: Instant, id: NodeId) {
+        self.clear_tombstone(id);
+        let at = now.saturating_add(self.cfg.tombstone_ttl);
+        self.tombstones.insert((at, id));
+        self.tomb_due.insert(id, at);
+    }
+
+    fn clear_tombstone(&mut self, id: NodeId) {
+        if let Some(at) = self.tomb_due.remove(&id) {
+            self.tombstones.remove(&(at, id));
         }
     }
 
@@ -683,14 +891,14 @@ impl Swim {
             return;
         }
         self.set_me(self.me.version.gen, above + 1);
-        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip.push(&Update::of(&self.me, self.cfg.id));
     }
 
     fn renew(&mut self, dead_gen: u64) {
         let gen = dead_gen.max(self.me.version.gen).saturating_add(1).min(Version::MAX_VALID);
         self.set_me(gen, 0);
         self.emit(Event::Renewed { gen });
-        self.gossip.push(Update::of(&self.me, self.cfg.id));
+        self.gossip.push(&Update::of(&self.me, self.cfg.id));
     }
 
     fn set_me(&mut self, gen: u64, inc: u64) {
@@ -704,12 +912,15 @@ impl Swim {
     fn became_live(&mut self, id: NodeId, gen: u64) {
         self.live += 1;
         self.view_hash ^= member_hash(id, gen, 0);
-        // New members go to a random place in the probe order, so they are probed this round.
-        let at =
-            if self.probe_order.is_empty() { 0 } else { self.rng.next_u64() as usize % (self.probe_order.len() + 1) };
-        self.probe_order.insert(at, id);
-        if at < self.probe_pos {
-            self.probe_pos += 1;
+        // New members go to a random place in the rest of this round, so they are probed in it;
+        // the member they displace moves to the end, still in this round. O(1), where an insert
+        // would move the whole order of a large cluster.
+        self.probe_order.push(id);
+        let rest = self.probe_order.len() - self.probe_pos.min(self.probe_order.len());
+        if rest > 1 {
+            let at = self.probe_pos + self.rng.next_u64() as usize % rest;
+            let last = self.probe_order.len() - 1;
+            self.probe_order.swap(at, last);
         }
     }
 
@@ -748,8 +959,23 @@ impl Swim {
     fn start_suspicion(&mut self, now: Instant, id: NodeId, version: Version, by: NodeId) {
         self.cancel_suspicion(id);
         let deadline = now.saturating_add(self.suspicion_timeout(0));
-        self.suspicions.insert(id, Suspicion { version, start: now, confirmers: alloc::vec![by], deadline });
+        let recheck = halfway(now, deadline);
+        let s = Suspicion { version, start: now, confirmers: alloc::vec![by], deadline, recheck: Some(recheck) };
+        self.suspicions.insert(id, s);
         self.suspicion_deadlines.insert((deadline, id));
+        self.suspicion_rechecks.insert((recheck, id));
+    }
+
+    /// The last call: a suspicion still open halfway to its deadline goes out once more (queued
+    /// as already sent `gossip_fanout` times, so it costs fewer sends than news). A refutation
+    /// spreads in a burst of a second or two; a member that
+    /// missed all of it has its suspicion answered by a correction from whoever got it
+    /// ([`Self::correction`]), instead of burying a live member when its timer runs out.
+    fn recheck_suspicion(&mut self, id: NodeId) {
+        let Some(s) = self.suspicions.get_mut(&id) else { return };
+        s.recheck = None;
+        let Some(u) = self.current_update(id, self.cfg.id) else { return };
+        self.gossip.push_sent(&u, self.cfg.gossip_fanout as u32);
     }
 
     fn confirm_suspicion(&mut self, id: NodeId, v: Version, by: NodeId) {
@@ -765,14 +991,22 @@ impl Swim {
         self.suspicion_deadlines.remove(&(s.deadline, id));
         s.deadline = deadline;
         self.suspicion_deadlines.insert((deadline, id));
+        if let Some(at) = s.recheck {
+            let again = halfway(s.start, deadline);
+            self.suspicion_rechecks.remove(&(at, id));
+            self.suspicion_rechecks.insert((again, id));
+            s.recheck = Some(again);
+        }
         // Re-gossip, so the confirmation reaches the others' timers too.
-        let Some(k) = self.members.get(&id) else { return };
-        self.gossip.push(Update::of(&k.member, by));
+        self.queue_gossip(id, by);
     }
 
     fn cancel_suspicion(&mut self, id: NodeId) {
         if let Some(s) = self.suspicions.remove(&id) {
             self.suspicion_deadlines.remove(&(s.deadline, id));
+            if let Some(at) = s.recheck {
+                self.suspicion_rechecks.remove(&(at, id));
+            }
         }
     }
 
@@ -802,16 +1036,16 @@ impl Swim {
             while self.probe_pos < self.probe_order.len() {
                 let id = self.probe_order[self.probe_pos];
                 self.probe_pos += 1;
-                if self.members.get(&id).is_some_and(|k| is_live(&k.member)) {
+                if self.members.get(id).is_some_and(Record::is_live) {
                     return Some(id);
                 }
             }
             if pass == 0 {
                 // A round is over: a fresh shuffle of the live members (which also drops the dead).
-                let mut order: Vec<NodeId> =
-                    self.members.values().filter(|k| is_live(&k.member)).map(|k| k.member.id).collect();
-                shuffle(&mut self.rng, &mut order);
-                self.probe_order = order;
+                self.probe_order.clear();
+                self.probe_order.extend(self.members.iter().filter(|r| r.is_live()).map(|r| r.id));
+                self.probe_order.shrink_to(self.live);
+                shuffle(&mut self.rng, &mut self.probe_order);
                 self.probe_pos = 0;
             }
         }
@@ -832,61 +1066,77 @@ impl Swim {
         let missed = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
         self.set_health(self.health + missed);
         self.stats.probe_failures += 1;
-        let Some(k) = self.members.get(&p.target) else { return };
-        let v = k.member.version;
+        let Some(v) = self.members.get(p.target).map(Record::version) else { return };
         if !v.state.is_terminal() {
             // Suspecting an already suspected member is an independent confirmation.
             let suspect = Version { state: State::Suspect, ..v };
-            self.apply(now, p.target, suspect, self.cfg.id, None, true);
+            let raised = self.apply(now, p.target, suspect, self.cfg.id, None, true) && v.state == State::Alive;
+            // Buddy system, at once: the member that raises a suspicion tells the suspect
+            // itself, rather than waiting for gossip (which may all be lost) to reach it.
+            if let Some(r) = self.members.get(p.target).filter(|_| raised) {
+                let (addr, u) = (self.members.addr(r), self.update_of(r, self.cfg.id));
+                self.send(addr, Body::Gossip, alloc::vec![u]);
+            }
         }
     }
 
     fn start_probe(&mut self, now: Instant) {
         let Some(target) = self.pick_probe_target() else { return };
-        let Some(addr) = self.members.get(&target).map(|k| k.member.addr) else { return };
+        let Some(addr) = self.members.addr_of(target) else { return };
         let seq = self.next_seq();
         self.stats.probes += 1;
         self.probe = Some(Probe {
             target,
             seq,
             indirect_at: now.saturating_add(self.scaled(self.cfg.probe_timeout)),
-            indirect_sent: false,
+            waves: 0,
+            helpers: Vec::new(),
             acked: false,
             direct_ack: false,
             nacks: 0,
             expected_nacks: 0,
         });
         let buddy = self.buddy(target);
-        self.send(addr, Body::Ping { seq, target }, buddy);
+        self.send(addr, Body::Ping { seq, target }, buddy.into_iter().collect());
     }
 
     /// Buddy system: when the target is suspected, the suspicion rides first so it can refute.
     fn buddy(&self, target: NodeId) -> Option<Update> {
-        let k = self.members.get(&target)?;
-        (k.member.version.state == State::Suspect).then(|| Update::of(&k.member, self.cfg.id))
+        let r = self.members.get(target)?;
+        (r.state == State::Suspect).then(|| self.update_of(r, self.cfg.id))
     }
 
-    fn send_indirect(&mut self) {
+    /// An indirect wave: `k` helpers not asked before probe the target, and the target gets one
+    /// more direct try. The first wave's helpers owe nacks (Lifeguard); a later wave goes out
+    /// halfway through what is left of the period, so its nacks would come too late to count.
+    fn send_indirect(&mut self, now: Instant) {
         let Some(p) = self.probe.as_ref() else { return };
         let (target, seq) = (p.target, p.seq);
         // The target may have been declared down (or left) since the round began.
-        let Some(addr) = self.members.get(&target).filter(|k| is_live(&k.member)).map(|k| k.member.addr) else {
+        let Some(addr) = self.members.get(target).filter(|r| r.is_live()).map(|r| self.members.addr(r)) else {
             self.probe = None;
             return;
         };
-        let helpers = self.random_live(self.cfg.indirect_probes, &[target]);
+        let mut exclude = p.helpers.clone();
+        exclude.push(target);
+        let helpers = self.random_live(self.cfg.indirect_probes, &exclude);
+        let end = self.next_probe;
         if let Some(p) = self.probe.as_mut() {
-            p.indirect_sent = true;
-            p.expected_nacks = helpers.len() as u32;
+            if p.waves == 0 {
+                p.expected_nacks = helpers.len() as u32;
+            }
+            p.waves += 1;
+            p.helpers.extend_from_slice(&helpers);
+            p.indirect_at = now.saturating_add(end.saturating_duration_since(now) / 2);
         }
         for h in helpers {
-            if let Some(haddr) = self.members.get(&h).map(|k| k.member.addr) {
-                self.send(haddr, Body::PingReq { seq, target, addr }, None);
+            if let Some(haddr) = self.members.addr_of(h) {
+                self.send(haddr, Body::PingReq { seq, target, addr }, Vec::new());
             }
         }
         // Lifeguard/memberlist: also retry the target directly, in case only the first ping was lost.
         let buddy = self.buddy(target);
-        self.send(addr, Body::Ping { seq, target }, buddy);
+        self.send(addr, Body::Ping { seq, target }, buddy.into_iter().collect());
     }
 
     /// Up to `k` distinct live members other than those in `exclude`, at random.
@@ -901,7 +1151,7 @@ impl Swim {
                 .probe_order
                 .iter()
                 .copied()
-                .filter(|id| !exclude.contains(id) && self.members.get(id).is_some_and(|m| is_live(&m.member)))
+                .filter(|id| !exclude.contains(id) && self.members.get(*id).is_some_and(Record::is_live))
                 .collect();
             all.sort_unstable();
             all.dedup();
@@ -911,8 +1161,7 @@ impl Swim {
         }
         for _ in 0..8 * k {
             let id = self.probe_order[self.rng.next_u64() as usize % n];
-            if !exclude.contains(&id) && !out.contains(&id) && self.members.get(&id).is_some_and(|m| is_live(&m.member))
-            {
+            if !exclude.contains(&id) && !out.contains(&id) && self.members.get(id).is_some_and(Record::is_live) {
                 out.push(id);
                 if out.len() == k {
                     break;
@@ -930,15 +1179,17 @@ impl Swim {
         self.cfg.retransmit_mult * digits
     }
 
-    fn send(&mut self, to: Addr, body: Body, first: Option<Update>) {
+    /// Sends `body` with piggybacked gossip: `first` (warnings and corrections for this
+    /// receiver) ahead of the queue's updates.
+    fn send(&mut self, to: Addr, body: Body, first: Vec<Update>) {
         let mut packet = Packet { gen: self.me.version.gen, digest: self.digest(), body, gossip: Vec::new() };
         let base = postcard::experimental::serialized_size(&packet).unwrap_or(usize::MAX)
             + postcard::experimental::serialized_size(&(self.cfg.cluster_id, self.cfg.id)).unwrap_or(usize::MAX)
             + wire::HEADER_BYTES
             + GOSSIP_SLACK;
         let mut budget = self.cfg.packet_bytes_max.saturating_sub(base);
-        let skip = first.as_ref().map(Update::id);
-        if let Some(u) = first {
+        let skip: Vec<NodeId> = first.iter().map(Update::id).collect();
+        for u in first {
             let size = postcard::experimental::serialized_size(&u).unwrap_or(usize::MAX);
             if size <= budget {
                 budget -= size;
@@ -946,7 +1197,8 @@ impl Swim {
             }
         }
         let limit = self.retransmit_limit();
-        self.gossip.take(budget, limit, skip, &mut packet.gossip);
+        let (members, me) = (&self.members, &self.me);
+        self.gossip.take(budget, limit, &skip, &mut packet.gossip, |id, by| current_update(members, me, id, by));
         if packet.body == Body::Gossip && packet.gossip.is_empty() {
             return; // the queue ran dry part-way through a gossip round
         }
@@ -956,29 +1208,31 @@ impl Swim {
     fn push_send(&mut self, to: Addr, packet: &Packet) {
         // Sizes were budgeted exactly; an encoding error here is a bug, counted not sent.
         if let Ok(bytes) = wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.cfg.packet_bytes_max) {
+            let kind = packet.body.kind() as usize;
             self.stats.packets_sent += 1;
             self.stats.bytes_sent += bytes.len() as u64;
+            self.stats.sent_packets_by_kind[kind] += 1;
+            self.stats.sent_bytes_by_kind[kind] += bytes.len() as u64;
             self.actions.push_back(Action::Send { to, packet: bytes });
         }
     }
 
+    /// A gossip-only round to `gossip_fanout` random members, while anything is pending.
     fn gossip_round(&mut self, now: Instant) {
         let _ = now;
         if self.gossip.len() == 0 {
             return;
         }
         for id in self.random_live(self.cfg.gossip_fanout, &[]) {
-            if let Some(addr) = self.members.get(&id).map(|k| k.member.addr) {
-                self.send(addr, Body::Gossip, None);
+            if let Some(addr) = self.members.addr_of(id) {
+                self.send(addr, Body::Gossip, Vec::new());
             }
         }
     }
 
     /// Sends this member's full state to `to`, in chunks that fit the packet limit.
     fn send_state(&mut self, to: Addr, seq: u32, reply: bool, join: bool) {
-        let mut all: Vec<&Member> = Vec::with_capacity(self.members.len() + 1);
-        all.push(&self.me);
-        all.extend(self.members.values().map(|k| &k.member));
+        let all = core::iter::once(self.me.clone()).chain(self.members.iter().map(|r| self.members.member(r)));
         let header = Packet {
             gen: self.me.version.gen,
             digest: self.digest(),
@@ -992,20 +1246,24 @@ impl Swim {
         let budget = self.cfg.packet_bytes_max.saturating_sub(base);
         let mut chunks: Vec<Vec<Member>> = alloc::vec![Vec::new()];
         let mut used = 0;
+        let (mut total, mut count) = (0u64, 0u64);
         for m in all {
-            let size = postcard::experimental::serialized_size(m).unwrap_or(usize::MAX);
+            let size = postcard::experimental::serialized_size(&m).unwrap_or(usize::MAX);
             if size > budget {
                 continue;
             }
+            total += size as u64;
+            count += 1;
             if used + size > budget {
                 chunks.push(Vec::new());
                 used = 0;
             }
             used += size;
             if let Some(c) = chunks.last_mut() {
-                c.push(m.clone());
+                c.push(m);
             }
         }
+        self.record_bytes = (total / count.max(1)).max(1);
         let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
         for (part, members) in chunks.into_iter().take(usize::from(parts)).enumerate() {
             let part = part as u16;
@@ -1020,10 +1278,25 @@ impl Swim {
     }
 
     fn push_pull_with(&mut self, id: NodeId, join: bool) {
-        let Some(addr) = self.members.get(&id).map(|k| k.member.addr) else { return };
+        let Some(addr) = self.members.addr_of(id) else { return };
         self.stats.push_pulls += 1;
         let seq = self.next_seq();
         self.send_state(addr, seq, false, join);
+    }
+
+    /// Plans the next periodic exchange; false if this one is put off instead. A member that
+    /// planned its exchange in a small cluster (before a join storm) would otherwise send a
+    /// full state of the grown cluster at the small cluster's pace: every member of a new
+    /// cluster of n at once, costing each O(n). It plans again at a random point of the grown
+    /// period, so members that planned together spread out.
+    fn replan_push_pull(&mut self, now: Instant) -> bool {
+        let period = self.push_pull_period();
+        let grew = period > self.planned_period;
+        self.planned_period = period;
+        let wait =
+            if grew { Duration::from_nanos(self.rng.next_u64() % (period.as_nanos() as u64).max(1)) } else { period };
+        self.next_push_pull = now.saturating_add(wait);
+        !grew
     }
 
     fn push_pull_period(&self) -> Duration {
@@ -1041,11 +1314,9 @@ impl Swim {
                 break;
             }
             self.tombstones.pop_first();
-            let expired = self.members.get(&id).is_some_and(|k| {
-                k.member.version.state.is_terminal() && now >= k.since.saturating_add(self.cfg.tombstone_ttl)
-            });
-            if expired {
-                self.members.remove(&id);
+            self.tomb_due.remove(&id);
+            if self.members.get(id).is_some_and(|r| !r.is_live()) {
+                self.members.remove(id);
                 self.gossip.remove(id);
                 self.emit(Event::Forgotten(id));
             }
@@ -1063,7 +1334,7 @@ impl Machine for Swim {
         if self.leaving {
             if now >= self.next_gossip {
                 self.next_gossip = now.saturating_add(self.cfg.gossip_interval);
-                if self.gossip.get(self.cfg.id).is_none() {
+                if !self.gossip.contains(self.cfg.id) {
                     self.leave_done = true;
                     self.emit(Event::LeaveDone);
                     return;
@@ -1073,9 +1344,13 @@ impl Machine for Swim {
             return;
         }
         // Probing.
-        let indirect_due = self.probe.as_ref().is_some_and(|p| !p.acked && !p.indirect_sent && now >= p.indirect_at);
+        let waves = self.cfg.indirect_waves;
+        let indirect_due = self
+            .probe
+            .as_ref()
+            .is_some_and(|p| !p.acked && p.waves < waves && now >= p.indirect_at && now < self.next_probe);
         if indirect_due {
-            self.send_indirect();
+            self.send_indirect(now);
         }
         if now >= self.next_probe {
             self.finish_probe(now);
@@ -1086,18 +1361,28 @@ impl Machine for Swim {
         let due: Vec<u32> = self.indirect.iter().filter(|(_, i)| now >= i.nack_at).map(|(s, _)| *s).collect();
         for s in due {
             if let Some(ind) = self.indirect.remove(&s) {
-                self.send(ind.requester, Body::Nack { seq: ind.seq }, None);
+                self.send(ind.requester, Body::Nack { seq: ind.seq }, Vec::new());
             }
         }
-        // Suspicions that ran out.
+        // Suspicions halfway to their deadline, then those that ran out.
+        while let Some(&(at, id)) = self.suspicion_rechecks.first() {
+            if at > now {
+                break;
+            }
+            self.suspicion_rechecks.pop_first();
+            self.recheck_suspicion(id);
+        }
         while let Some(&(at, id)) = self.suspicion_deadlines.first() {
             if at > now {
                 break;
             }
             self.suspicion_deadlines.pop_first();
             if let Some(s) = self.suspicions.remove(&id) {
+                if let Some(r) = s.recheck {
+                    self.suspicion_rechecks.remove(&(r, id));
+                }
                 let down = Version { state: State::Down, ..s.version };
-                self.apply(now, id, down, self.cfg.id, None, true);
+                let _ = self.apply(now, id, down, self.cfg.id, None, true);
             }
         }
         // Gossip-only round.
@@ -1107,13 +1392,11 @@ impl Machine for Swim {
         }
         // Periodic anti-entropy, plus one attempt to reach a member held down (a healed
         // partition whose sides declared each other down has no other way back).
-        if now >= self.next_push_pull {
-            self.next_push_pull = now.saturating_add(self.push_pull_period());
+        if now >= self.next_push_pull && self.replan_push_pull(now) {
             if let Some(&id) = self.random_live(1, &[]).first() {
                 self.push_pull_with(id, false);
             }
-            let down: Vec<NodeId> =
-                self.members.values().filter(|k| k.member.version.state == State::Down).map(|k| k.member.id).collect();
+            let down: Vec<NodeId> = self.members.iter().filter(|r| r.state == State::Down).map(|r| r.id).collect();
             if !down.is_empty() {
                 let id = down[self.rng.next_u64() as usize % down.len()];
                 self.push_pull_with(id, false);
@@ -1152,46 +1435,83 @@ impl Machine for Swim {
             return Some(self.next_gossip);
         }
         let mut t = Some(self.next_probe.min(self.next_gossip).min(self.next_push_pull));
-        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && !p.indirect_sent) {
+        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && p.waves < self.cfg.indirect_waves) {
             t = earliest(t, Some(p.indirect_at));
         }
         t = earliest(t, self.indirect.values().map(|i| i.nack_at).min());
         t = earliest(t, self.suspicion_deadlines.first().map(|(at, _)| *at));
+        t = earliest(t, self.suspicion_rechecks.first().map(|(at, _)| *at));
         t = earliest(t, self.tombstones.first().map(|(at, _)| *at));
         earliest(t, self.next_join)
     }
 
     fn check_invariants(&self) {
         self.gossip.check();
-        assert!(!self.members.contains_key(&self.cfg.id), "{} lists itself as a member", self.cfg.id);
-        let live = self.members.values().filter(|k| is_live(&k.member)).count() + 1;
+        self.members.check();
+        for (id, by, size) in self.gossip.pending() {
+            let u = self.current_update(id, by);
+            assert!(u.is_some(), "{}: gossip pending about unknown {id}", self.cfg.id);
+            let now_size = u.map(|u| postcard::experimental::serialized_size(&u).unwrap_or(usize::MAX));
+            assert_eq!(now_size, Some(size), "{}: gossip about {id} changed without being queued again", self.cfg.id);
+        }
+        assert!(!self.members.contains(self.cfg.id), "{} lists itself as a member", self.cfg.id);
+        let live = self.members.iter().filter(|r| r.is_live()).count() + 1;
         assert_eq!(self.live, live, "{}: live count out of step", self.cfg.id);
         let v = self.me.version;
         let mut hash = member_hash(self.me.id, v.gen, v.inc);
-        for k in self.members.values().filter(|k| is_live(&k.member)) {
-            hash ^= member_hash(k.member.id, k.member.version.gen, k.member.version.inc);
+        for r in self.members.iter().filter(|r| r.is_live()) {
+            hash ^= member_hash(r.id, r.gen, r.inc);
         }
         assert_eq!(self.digest_hash, hash, "{}: digest out of step", self.cfg.id);
-        let live_gens =
-            self.members.values().filter(|k| is_live(&k.member)).map(|k| (k.member.id, k.member.version.gen, 0));
+        let live_gens = self.members.iter().filter(|r| r.is_live()).map(|r| (r.id, r.gen, 0));
         let view = Digest::of(core::iter::once((self.me.id, v.gen, 0)).chain(live_gens));
         assert_eq!(self.view(), view, "{}: view fingerprint out of step", self.cfg.id);
         assert_eq!(self.suspicions.len(), self.suspicion_deadlines.len(), "suspicion index out of step");
         for (id, s) in &self.suspicions {
-            let m = &self.members[id].member;
-            assert_eq!(m.version, s.version, "{}: suspicion of {id} for a version no longer held", self.cfg.id);
+            let r = self.members.get(*id).map(Record::version);
+            assert_eq!(r, Some(s.version), "{}: suspicion of {id} for a version no longer held", self.cfg.id);
             assert!(self.suspicion_deadlines.contains(&(s.deadline, *id)));
+            if let Some(at) = s.recheck {
+                assert!(self.suspicion_rechecks.contains(&(at, *id)), "suspicion recheck index out of step");
+            }
         }
+        let rechecks = self.suspicions.values().filter(|s| s.recheck.is_some()).count();
+        assert_eq!(rechecks, self.suspicion_rechecks.len(), "suspicion recheck index out of step");
+        assert_eq!(self.tombstones.len(), self.tomb_due.len(), "tombstone index out of step");
+        for (id, at) in &self.tomb_due {
+            assert!(self.tombstones.contains(&(*at, *id)), "tombstone index out of step for {id}");
+            assert!(self.members.get(*id).is_some_and(|r| !r.is_live()), "{}: tombstone for live {id}", self.cfg.id);
+        }
+        let dead = self.members.iter().filter(|r| !r.is_live()).count();
+        assert_eq!(dead, self.tomb_due.len(), "{}: a Down or Left member without a tombstone", self.cfg.id);
         assert!(self.health < self.cfg.health_max, "health score above its ceiling");
         assert!(self.indirect.len() <= INDIRECT_MAX);
-        for k in self.members.values() {
-            assert!(k.member.version.gen <= Version::MAX_VALID && k.member.version.inc <= Version::MAX_VALID);
+        for r in self.members.iter() {
+            assert!(r.gen <= Version::MAX_VALID && r.inc <= Version::MAX_VALID);
         }
     }
 }
 
-fn is_live(m: &Member) -> bool {
-    !m.version.state.is_terminal()
+fn update_of(members: &MemberTable, rec: &Record, by: NodeId) -> Update {
+    let (id, gen, inc) = (rec.id, rec.gen, rec.inc);
+    match rec.state {
+        State::Alive => Update::Alive { id, gen, inc, addr: members.addr(rec), meta: rec.meta.clone() },
+        State::Suspect => Update::Suspect { id, gen, inc, by },
+        State::Down => Update::Down { id, gen, inc },
+        State::Left => Update::Left { id, gen, inc },
+    }
+}
+
+fn current_update(members: &MemberTable, me: &Member, id: NodeId, by: NodeId) -> Option<Update> {
+    if id == me.id {
+        return Some(Update::of(me, me.id));
+    }
+    members.get(id).map(|r| update_of(members, r, by))
+}
+
+/// The instant halfway from `a` to `b`.
+fn halfway(a: Instant, b: Instant) -> Instant {
+    a.saturating_add(b.saturating_duration_since(a) / 2)
 }
 
 fn shuffle<T>(rng: &mut ChaCha8Rng, v: &mut [T]) {
@@ -1208,19 +1528,9 @@ fn claim_by(u: &Update, sender: NodeId) -> NodeId {
     }
 }
 
-fn info_of(u: Update) -> Option<(Addr, Meta)> {
+fn info_of(u: Update) -> Option<(Addr, Arc<Meta>)> {
     match u {
         Update::Alive { addr, meta, .. } => Some((addr, meta)),
         _ => None,
-    }
-}
-
-trait OrDefaultAddr {
-    fn unwrap_or_default_addr(self) -> (Addr, Meta);
-}
-
-impl OrDefaultAddr for Option<(Addr, Meta)> {
-    fn unwrap_or_default_addr(self) -> (Addr, Meta) {
-        self.unwrap_or((Addr::UNSPECIFIED, Meta::default()))
     }
 }

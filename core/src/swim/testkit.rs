@@ -10,7 +10,7 @@ use core::fmt::Write as _;
 use core::net::SocketAddr;
 use core::time::Duration;
 
-use super::{Action, Addr, Body, Config, Digest, Event, Meta, Packet, State, Swim, Update};
+use super::{Action, Addr, Body, Config, Digest, Event, Packet, State, Swim, Update};
 use crate::machine::Machine;
 use crate::wire::{self, Envelope, MAGIC, PROTOCOL_VERSION};
 use crate::{Instant, NodeId};
@@ -350,7 +350,8 @@ pub fn drive(data: &[u8]) {
     let mut now = Instant::ZERO;
     // Three real members, so probes, indirect probes and push-pulls have someone to go to.
     for i in 2..5u8 {
-        let u = Update::Alive { id: NodeId(u64::from(i)), gen: 1, inc: 0, addr: fuzz_addr(i), meta: Meta::default() };
+        let u =
+            Update::Alive { id: NodeId(u64::from(i)), gen: 1, inc: 0, addr: fuzz_addr(i), meta: Default::default() };
         let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
         if let Ok(bytes) = wire::encode(CLUSTER, NodeId(u64::from(i)), &p, LIMIT) {
             let _ = s.handle_packet(now, fuzz_addr(i), &bytes);

@@ -193,6 +193,121 @@ fn lifeguard_indirect_probers_nack_when_the_target_is_silent() {
     assert_eq!(net.node(0).health(), 0, "nacks show the prober it is healthy");
 }
 
+#[test]
+fn a_second_indirect_wave_asks_other_helpers_while_no_ack_has_come() {
+    let waves = |w: u32| {
+        let mut net = Net::with(10, |i| Config { indirect_waves: w, ..config(i) });
+        net.run_for(Duration::from_secs(20));
+        net.sent.clear();
+        net.nodes[9] = None;
+        net.run_for(Duration::from_secs(12));
+        let mut rounds: BTreeMap<(usize, u32), Vec<usize>> = BTreeMap::new();
+        for (f, to, p) in &net.sent {
+            if let Body::PingReq { seq, target, .. } = p.body {
+                if target == id(9) {
+                    rounds.entry((*f, seq)).or_default().push(*to);
+                }
+            }
+        }
+        assert!(rounds.len() >= 3, "members probed the crashed one: {rounds:?}");
+        rounds
+    };
+    for helpers in waves(1).values() {
+        assert_eq!(helpers.len(), 3, "one wave of k = 3");
+    }
+    for helpers in waves(2).values() {
+        let distinct: BTreeSet<_> = helpers.iter().collect();
+        assert_eq!((helpers.len(), distinct.len()), (6, 6), "two waves of 3, no helper asked twice: {helpers:?}");
+    }
+}
+
+/// Feeds `s` one gossip packet from member 9 and returns what it sends back to 9.
+fn feed_from_9(s: &mut Swim, u: Update) -> Vec<Packet> {
+    while s.poll_action().is_some() {}
+    let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
+    let bytes = crate::wire::encode(CLUSTER, id(9), &p, 1400).unwrap();
+    s.handle_packet(Instant::ZERO, addr(9), &bytes).unwrap();
+    let mut back = Vec::new();
+    while let Some(a) = s.poll_action() {
+        if let Action::Send { to, packet } = a {
+            if to == addr(9) {
+                back.push(crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body);
+            }
+        }
+    }
+    back
+}
+
+#[test]
+fn a_stale_suspicion_is_answered_with_the_refutation_this_member_holds() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    let alive = |i, inc| Update::Alive { id: id(i), gen: 1, inc, addr: addr(i), meta: Arc::default() };
+    feed_from_9(&mut s, alive(9, 0));
+    feed_from_9(&mut s, alive(5, 3));
+    // 9 missed 5's refutation at incarnation 3 and still suspects incarnation 1.
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 1, by: id(9) });
+    assert_eq!(back.len(), 1, "one correction: {back:?}");
+    assert_eq!(back[0].body, Body::Gossip);
+    assert_eq!(back[0].gossip[0], alive(5, 3));
+    assert_eq!(s.member(id(5)).unwrap().version.state, State::Alive, "the stale claim changed nothing");
+    // A current suspicion is news, not stale: no correction.
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 3, by: id(9) });
+    assert!(back.is_empty(), "{back:?}");
+    assert_eq!(s.member(id(5)).unwrap().version.state, State::Suspect);
+    assert_eq!(s.stats().corrections, 1);
+    s.check_invariants();
+}
+
+#[test]
+fn a_suspected_member_answers_the_sender_of_the_suspicion_first() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    feed_from_9(&mut s, Update::Alive { id: id(9), gen: 1, inc: 0, addr: addr(9), meta: Arc::default() });
+    let inc = s.me().version.inc;
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(0), gen: 1, inc, by: id(9) });
+    let refuted = Update::of(s.me(), id(0));
+    assert!(matches!(refuted, Update::Alive { inc: i, .. } if i == inc + 1), "refuted with a higher incarnation");
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].gossip[0], refuted);
+    // A suspicion of an incarnation already refuted is answered with the current one.
+    let back = feed_from_9(&mut s, Update::Suspect { id: id(0), gen: 1, inc, by: id(9) });
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].gossip[0], refuted);
+    assert_eq!(s.me().version.inc, inc + 1, "no second refutation for the same claim");
+}
+
+#[test]
+fn a_suspicion_still_open_halfway_goes_out_once_more() {
+    let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
+    for i in [5, 7, 8, 9] {
+        feed_from_9(&mut s, Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::default() });
+    }
+    for by in [9, 7, 8] {
+        feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 0, by: id(by) });
+    }
+    let carries = |p: &[u8]| {
+        let p = crate::wire::decode::<Packet>(p, CLUSTER, 1400).unwrap().body;
+        p.gossip.iter().any(|u| matches!(u, Update::Suspect { id: i, .. } if *i == id(5)))
+    };
+    // Run until the suspicion has been gossiped to its limit, then on to its deadline.
+    let mut now = Instant::ZERO;
+    let mut sent_at = Vec::new();
+    while s.member(id(5)).unwrap().version.state == State::Suspect {
+        now = s.poll_timeout().unwrap();
+        s.handle_timeout(now);
+        while let Some(a) = s.poll_action() {
+            if let Action::Send { packet, .. } = a {
+                if carries(&packet) {
+                    sent_at.push(now);
+                }
+            }
+        }
+    }
+    // Gossip alone is spent within a second; the deadline is 4 s (n = 5, fully confirmed).
+    let half = now.as_nanos() / 2;
+    let late = sent_at.iter().filter(|t| t.as_nanos() >= half).count();
+    assert!(late > 0, "sent at {sent_at:?}, down at {now:?}");
+}
+
 // ----- joining, leaving, identity -----
 
 #[test]
@@ -259,7 +374,7 @@ fn a_restarted_member_with_an_old_generation_is_never_ignored() {
 #[test]
 fn a_stale_alive_never_resurrects_a_dead_generation() {
     let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
-    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: Meta::default() };
+    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: Arc::default() };
     let feed = |s: &mut Swim, u: Update| {
         let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
         let bytes = crate::wire::encode(CLUSTER, id(9), &p, 1400).unwrap();
@@ -269,7 +384,7 @@ fn a_stale_alive_never_resurrects_a_dead_generation() {
     feed(&mut s, Update::Down { id: id(5), gen: 3, inc: 2 });
     feed(&mut s, alive(9));
     assert_eq!(s.member(id(5)).unwrap().version.state, State::Down);
-    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: Meta::default() });
+    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: Arc::default() });
     assert_eq!(s.member(id(5)).unwrap().version, Version { gen: 4, inc: 0, state: State::Alive });
     s.check_invariants();
 }
@@ -313,7 +428,67 @@ fn a_healed_partition_converges_without_gossip_finding_it() {
     }
 }
 
+/// A member that knows 200 others hears, every 100 ms for 100 s, a live peer whose view
+/// digest differs in member count; returns how many full-state exchanges that started.
+fn digest_syncs_in_100s(sync_bytes_per_s: u32) -> u64 {
+    let cfg = Config { sync_bytes_per_s, ..Config::lan(id(0), CLUSTER, addr(0)) };
+    let mut s = Swim::new(cfg, 1, 1, Instant::ZERO).unwrap();
+    for i in 1..=200 {
+        let u = Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::default() };
+        let p = Packet { gen: 1, digest: s.digest(), body: Body::Gossip, gossip: vec![u] };
+        s.handle_packet(Instant::ZERO, addr(i), &crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap()).unwrap();
+    }
+    // One full state sent, so the member knows what one costs.
+    s.send_state(addr(1), 1, false, false);
+    let before = s.stats().digest_syncs;
+    for step in 1..=1000u64 {
+        let now = Instant::from_nanos(step * 100_000_000);
+        let digest = Digest { live: 150, hash: 7 };
+        let p = Packet { gen: 1, digest, body: Body::Gossip, gossip: vec![] };
+        s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
+        while s.poll_action().is_some() {}
+    }
+    s.check_invariants();
+    s.stats().digest_syncs - before
+}
+
+#[test]
+fn digest_driven_exchanges_keep_within_their_byte_budget() {
+    // 201 records of about 20 bytes: about 8 KB per exchange (request and reply).
+    let budgeted = digest_syncs_in_100s(512);
+    assert!(
+        (2..=10).contains(&budgeted),
+        "512 B/s over 100 s allows about 6 (2 at once, then one per 16 s): {budgeted}"
+    );
+    let unbounded = digest_syncs_in_100s(u32::MAX);
+    assert!(unbounded >= 45, "without a budget only the 2 s gap holds them back: {unbounded}");
+}
+
+#[test]
+fn a_member_planned_in_a_small_cluster_puts_its_exchange_off_when_the_cluster_grew() {
+    // 40 members: the push-pull period is 30 s per 32 members, 60 s; each member planned its
+    // first exchange within 30-60 s while it was alone.
+    let n = 40;
+    let mut net = Net::converged(n);
+    let periodic =
+        |net: &Net| -> u64 { (0..n).map(|i| net.node(i).stats().push_pulls - net.node(i).stats().digest_syncs).sum() };
+    let start = periodic(&net);
+    net.run_for(Duration::from_secs(40));
+    let early = periodic(&net) - start;
+    assert!(early < n as u64 / 2, "most put off the exchange planned for a cluster of 1: {early} of {n}");
+    let mid = periodic(&net);
+    net.run_for(Duration::from_secs(240));
+    let per_member = (periodic(&net) - mid) as f64 / n as f64;
+    assert!((3.0..=5.0).contains(&per_member), "one exchange per 60 s, about 4 in 240 s: {per_member}");
+}
+
 // ----- packets -----
+
+#[test]
+fn an_action_is_no_larger_than_a_send() {
+    let send = core::mem::size_of::<Addr>() + core::mem::size_of::<Vec<u8>>();
+    assert!(core::mem::size_of::<Action>() <= send + 8, "Action is {} bytes", core::mem::size_of::<Action>());
+}
 
 #[test]
 fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
@@ -325,7 +500,7 @@ fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
             gen: 1,
             digest: Digest::default(),
             body: Body::Gossip,
-            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta }],
+            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::new(meta) }],
         };
         let bytes = crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap();
         s.handle_packet(Instant::ZERO, addr(i), &bytes).unwrap();
@@ -371,6 +546,8 @@ fn config_errors_name_the_field() {
     let mut c = Config::lan(id(0), CLUSTER, addr(0));
     c.probe_timeout = Duration::from_secs(2);
     assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "probe_timeout", .. })));
+    let c = Config { indirect_waves: 0, ..Config::lan(id(0), CLUSTER, addr(0)) };
+    assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "indirect_waves", .. })));
     let mut c = Config::lan(NodeId::NONE, CLUSTER, addr(0));
     assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "id", .. })));
     c.id = id(0);
@@ -394,7 +571,7 @@ fn arb_update() -> impl Strategy<Value = Update> {
                 gen,
                 inc,
                 addr: addr(w as usize),
-                meta: Meta { weight: u32::from(z), ..Meta::default() },
+                meta: Arc::new(Meta { weight: u32::from(z), ..Meta::default() }),
             },
             1 => Update::Suspect { id, gen, inc, by: NodeId(9) },
             2 => Update::Down { id, gen, inc },
