@@ -189,8 +189,24 @@ pub async fn disk_latency(salt: u64) {
     }
 }
 
+/// A task's handle: awaiting it waits for the task to end.
+pub type JoinHandle<T> = tokio::task::JoinHandle<T>;
+
+/// Runs `f` on a thread of its own for as long as it takes (a node's storage loop), not on
+/// the event loop. Only for real: under madsim every task must be a simulated one.
+#[cfg(not(madsim))]
+pub fn spawn_dedicated<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    // A blocking-pool thread held for the closure's whole life: the thread of its own, with
+    // a handle the node can await when it stops.
+    tokio::task::spawn_blocking(f)
+}
+
 /// Spawns a task on the current runtime (node).
-pub fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+pub fn spawn<F>(f: F) -> JoinHandle<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
