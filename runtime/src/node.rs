@@ -295,6 +295,12 @@ fn raft_config(cfg: &NodeConfig) -> raft::Config {
     // What one follower may have in flight must fit the socket buffers, or a burst is lost
     // and costs a probe round.
     rc.inflight_bytes_max = (sys::SOCKET_BUFFER_BYTES / 2) as u64;
+    // A few appends in flight keep the pipe full (the leader's loop answers within one fsync);
+    // more only split the same entries into more, smaller messages: every step's proposals
+    // went out at once, each costing datagrams, MACs and a follower step. Measured at 16 put
+    // clients, alternating: 10.2-10.8k puts/s with 4 against 8.1-8.8k with the core's 256,
+    // the leader's datagrams per put 1.9 against 2.3-2.6.
+    rc.inflight_msgs_max = 4;
     rc
 }
 
