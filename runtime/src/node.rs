@@ -295,6 +295,12 @@ fn raft_config(cfg: &NodeConfig) -> raft::Config {
     // What one follower may have in flight must fit the socket buffers, or a burst is lost
     // and costs a probe round.
     rc.inflight_bytes_max = (sys::SOCKET_BUFFER_BYTES / 2) as u64;
+    // A few appends in flight keep the pipe full (the leader's loop answers within one fsync);
+    // more only split the same entries into more, smaller messages: every step's proposals
+    // went out at once, each costing datagrams, MACs and a follower step. Measured at 16 put
+    // clients, alternating: 10.2-10.8k puts/s with 4 against 8.1-8.8k with the core's 256,
+    // the leader's datagrams per put 1.9 against 2.3-2.6.
+    rc.inflight_msgs_max = 4;
     rc
 }
 
@@ -355,7 +361,7 @@ pub async fn run_on<V: Vfs>(
     };
     let (storage_tx, storage_rx) = mpsc::unbounded_channel();
     let (synced_tx, synced_rx) = mpsc::unbounded_channel();
-    let storage_task = sys::spawn(storage::run_group_commit(store, storage_rx, synced_tx));
+    let storage_task = storage::spawn_group_commit(store, storage_rx, synced_tx);
     let clock = Clock::start();
     let now = clock.now();
     let cluster_id = cfg.cluster_id();
@@ -462,17 +468,13 @@ impl<V: Vfs> Node<V> {
                 // Timers before datagrams: a steady flood of datagrams must not starve
                 // heartbeats and election timers.
                 _ = sleep => self.on_timeout(),
-                r = rx.recv() => {
+                r = rx.ready() => {
                     match r {
-                        Ok((datagram, from)) => {
+                        Ok(()) => {
                             // One `now` for the whole burst, so reads that arrive together
                             // share one confirmation round.
                             let now = self.now();
-                            self.on_datagram(now, from, &datagram);
-                            for _ in 1..RECV_BURST {
-                                let Some((datagram, from)) = rx.try_recv() else { break };
-                                self.on_datagram(now, from, &datagram);
-                            }
+                            rx.drain(RECV_BURST, |datagram, from| self.on_datagram(now, from, datagram));
                         }
                         Err(e) => debug!(node = self.me.0, error = %e, "receive failed"),
                     }
@@ -1261,17 +1263,24 @@ impl<V: Vfs> Node<V> {
 
     /// Sends every datagram free to leave, in order.
     async fn flush_held(&mut self) {
-        for (to, datagrams, promise) in std::mem::take(&mut self.outbox) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let outbox = std::mem::take(&mut self.outbox);
+        // Every promise is reported before its datagrams leave, as one send at a time did.
+        let mut batch = Vec::with_capacity(outbox.iter().map(|(_, d, _)| d.len()).sum());
+        for (to, datagrams, promise) in &outbox {
             if let Some(p) = promise {
-                self.report(p);
+                self.report(p.clone());
             }
             for d in datagrams {
-                if let Err(e) = sys::send_to(&self.socket, &d, to).await {
-                    debug!(node = self.me.0, %to, error = %e, "send failed");
-                }
+                batch.push((*to, d.as_slice()));
                 self.transport.count_sent(d.len());
-                self.metrics.datagrams_sent.inc();
             }
+        }
+        self.metrics.datagrams_sent.inc_by(batch.len() as u64);
+        for (to, e) in sys::send_batch(&self.socket, &batch).await {
+            debug!(node = self.me.0, %to, error = %e, "send failed");
         }
     }
 

@@ -57,6 +57,80 @@ pub async fn send_to(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr) -
     }
 }
 
+/// Datagrams handed to the OS per `sendmmsg`.
+#[cfg(all(target_os = "linux", not(madsim)))]
+const SEND_BATCH: usize = 64;
+
+/// Sends `batch` in order, and returns the datagrams that failed with their errors (a failed
+/// datagram is skipped; the rest still go).
+///
+/// On Linux many datagrams go per system call (`sendmmsg`): a leader's step answers dozens of
+/// clients and feeds every follower, and one datagram per call cost a syscall each plus a
+/// context switch whenever the woken receiver preempted the sender mid-burst. Elsewhere, and
+/// under madsim, one [`send_to`] per datagram.
+pub async fn send_batch(socket: &Arc<UdpSocket>, batch: &[(SocketAddr, &[u8])]) -> Vec<(SocketAddr, io::Error)> {
+    let mut failed = Vec::new();
+    #[cfg(all(target_os = "linux", not(madsim)))]
+    {
+        use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        if batch.len() == 1 {
+            let (to, d) = batch[0];
+            if let Err(e) = send_to(socket, d, to).await {
+                failed.push((to, e));
+            }
+            return failed;
+        }
+        let mut at = 0;
+        while at < batch.len() {
+            let chunk = &batch[at..batch.len().min(at + SEND_BATCH)];
+            let addrs: Vec<Option<SockaddrStorage>> =
+                chunk.iter().map(|(a, _)| Some(SockaddrStorage::from(*a))).collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> = chunk.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
+            let fd = socket.as_raw_fd();
+            let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+                // Built per call: the headers hold raw pointers, so they may not live across
+                // the await below (the node's future must stay `Send`).
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+                sendmmsg(fd, &mut headers, &iovs, &addrs, [], MsgFlags::empty())
+                    .map(|r| r.count())
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                // The kernel takes at least one datagram or fails the call.
+                Ok(n) => at += n.max(1),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = socket.writable().await {
+                        failed.extend(batch[at..].iter().map(|(to, _)| (*to, io::Error::new(e.kind(), e.to_string()))));
+                        return failed;
+                    }
+                }
+                // The first datagram of the call failed (say, a refused destination).
+                Err(e) => {
+                    failed.push((chunk[0].0, e));
+                    at += 1;
+                }
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", not(madsim))))]
+    {
+        for (to, d) in batch {
+            if let Err(e) = send_to(socket, d, *to).await {
+                failed.push((*to, e));
+            }
+        }
+    }
+    failed
+}
+
+/// Bytes of one receive buffer: the largest UDP datagram fits.
+const RECV_BUFFER_BYTES: usize = 65_536;
+/// Datagrams taken from the OS per `recvmmsg`.
+#[cfg(all(target_os = "linux", not(madsim)))]
+const RECV_BATCH: usize = 32;
+
 /// The receiving side of a socket, safe to use in `select!`: a receive that loses the race
 /// to another branch never loses a datagram.
 ///
@@ -68,8 +142,14 @@ pub struct DatagramRx {
     socket: Arc<UdpSocket>,
     #[cfg(not(madsim))]
     buf: Vec<u8>,
+    /// `RECV_BATCH` buffers end to end for [`DatagramRx::drain`], allocated on first use.
+    #[cfg(all(target_os = "linux", not(madsim)))]
+    batch: Vec<u8>,
     #[cfg(madsim)]
     rx: tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, SocketAddr)>,
+    /// A datagram [`DatagramRx::ready`] took from the queue, for the next drain.
+    #[cfg(madsim)]
+    ready: Option<(Vec<u8>, SocketAddr)>,
 }
 
 impl DatagramRx {
@@ -77,20 +157,25 @@ impl DatagramRx {
     pub fn new(socket: Arc<UdpSocket>) -> DatagramRx {
         #[cfg(not(madsim))]
         {
-            DatagramRx { socket, buf: vec![0u8; 65_536] }
+            DatagramRx {
+                socket,
+                buf: vec![0u8; RECV_BUFFER_BYTES],
+                #[cfg(target_os = "linux")]
+                batch: Vec::new(),
+            }
         }
         #[cfg(madsim)]
         {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
+                let mut buf = vec![0u8; RECV_BUFFER_BYTES];
                 while let Ok((n, from)) = socket.recv_from(&mut buf).await {
                     if tx.send((buf[..n].to_vec(), from)).is_err() {
                         return;
                     }
                 }
             });
-            DatagramRx { rx }
+            DatagramRx { rx, ready: None }
         }
     }
 
@@ -103,6 +188,9 @@ impl DatagramRx {
         }
         #[cfg(madsim)]
         {
+            if let Some(d) = self.ready.take() {
+                return Ok(d);
+            }
             self.rx.recv().await.ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "socket closed"))
         }
     }
@@ -116,8 +204,86 @@ impl DatagramRx {
         }
         #[cfg(madsim)]
         {
-            self.rx.try_recv().ok()
+            self.ready.take().or_else(|| self.rx.try_recv().ok())
         }
+    }
+
+    /// Resolves once a datagram is waiting (then [`DatagramRx::drain`] takes it). Cancel-safe.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        #[cfg(not(madsim))]
+        {
+            self.socket.readable().await
+        }
+        #[cfg(madsim)]
+        {
+            if self.ready.is_none() {
+                let d = self.rx.recv().await;
+                self.ready = Some(d.ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "socket closed"))?);
+            }
+            Ok(())
+        }
+    }
+
+    /// Hands up to `max` datagrams that are already waiting to `f`, in arrival order, without
+    /// waiting or copying them; returns how many. (Linux takes up to 32 per system call with
+    /// `recvmmsg`; a busy leader receives a request per client write.) Returns 0 after a
+    /// spurious [`DatagramRx::ready`].
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8], SocketAddr)) -> usize {
+        let mut n = 0;
+        #[cfg(all(target_os = "linux", not(madsim)))]
+        {
+            use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+            use std::io::IoSliceMut;
+            use std::os::fd::AsRawFd;
+            if self.batch.is_empty() {
+                self.batch = vec![0u8; RECV_BATCH * RECV_BUFFER_BYTES];
+            }
+            let fd = self.socket.as_raw_fd();
+            while n < max {
+                let want = (max - n).min(RECV_BATCH);
+                let mut got: [(usize, Option<SocketAddr>); RECV_BATCH] = [(0, None); RECV_BATCH];
+                let batch = &mut self.batch;
+                let received = self.socket.try_io(tokio::io::Interest::READABLE, || {
+                    let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                        batch.chunks_mut(RECV_BUFFER_BYTES).take(want).map(|b| [IoSliceMut::new(b)]).collect();
+                    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(want, None);
+                    let results = recvmmsg(fd, &mut headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+                        .map_err(io::Error::from)?;
+                    let mut k = 0;
+                    for (slot, r) in got.iter_mut().zip(results) {
+                        let from = r.address.as_ref().and_then(|a: &SockaddrStorage| {
+                            a.as_sockaddr_in()
+                                .map(|v4| SocketAddr::V4((*v4).into()))
+                                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+                        });
+                        *slot = (r.bytes, from);
+                        k += 1;
+                    }
+                    Ok(k)
+                });
+                let Ok(k) = received else { break };
+                for (i, (len, from)) in got[..k].iter().enumerate() {
+                    // A datagram without an IP sender cannot be answered: not ours.
+                    if let Some(from) = from {
+                        let at = i * RECV_BUFFER_BYTES;
+                        f(&self.batch[at..at + (*len).min(RECV_BUFFER_BYTES)], *from);
+                    }
+                }
+                n += k;
+                if k < want {
+                    break;
+                }
+            }
+        }
+        #[cfg(not(all(target_os = "linux", not(madsim))))]
+        {
+            while n < max {
+                let Some((d, from)) = self.try_recv() else { break };
+                f(&d, from);
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -189,8 +355,24 @@ pub async fn disk_latency(salt: u64) {
     }
 }
 
+/// A task's handle: awaiting it waits for the task to end.
+pub type JoinHandle<T> = tokio::task::JoinHandle<T>;
+
+/// Runs `f` on a thread of its own for as long as it takes (a node's storage loop), not on
+/// the event loop. Only for real: under madsim every task must be a simulated one.
+#[cfg(not(madsim))]
+pub fn spawn_dedicated<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    // A blocking-pool thread held for the closure's whole life: the thread of its own, with
+    // a handle the node can await when it stops.
+    tokio::task::spawn_blocking(f)
+}
+
 /// Spawns a task on the current runtime (node).
-pub fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+pub fn spawn<F>(f: F) -> JoinHandle<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
@@ -218,5 +400,56 @@ pub async fn shutdown_signal() {
     #[cfg(any(not(unix), madsim))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_sent_in_one_go_is_drained_in_order_within_the_limit() {
+        let rx_socket = Arc::new(bind_udp("127.0.0.1:0".parse().unwrap()).await.unwrap());
+        let tx_socket = Arc::new(bind_udp("127.0.0.1:0".parse().unwrap()).await.unwrap());
+        let (to, from) = (rx_socket.local_addr().unwrap(), tx_socket.local_addr().unwrap());
+        // More than one sendmmsg and one recvmmsg call take, of varying sizes.
+        let datagrams: Vec<Vec<u8>> = (0..150u32).map(|i| vec![i as u8; 1 + (i as usize * 37) % 1400]).collect();
+        let batch: Vec<(SocketAddr, &[u8])> = datagrams.iter().map(|d| (to, d.as_slice())).collect();
+        assert!(send_batch(&tx_socket, &batch).await.is_empty());
+        let mut rx = DatagramRx::new(rx_socket);
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while got.len() < datagrams.len() {
+            rx.ready().await.unwrap();
+            let before = got.len();
+            let n = rx.drain(100, |d, sender| {
+                assert_eq!(sender, from);
+                got.push(d.to_vec());
+            });
+            assert!(n <= 100, "drained {n}, over the limit");
+            assert_eq!(n, got.len() - before);
+        }
+        assert_eq!(got, datagrams);
+        // Nothing left: a drain now takes nothing and does not wait.
+        assert_eq!(rx.drain(10, |_, _| panic!("no datagram is left")), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_destination_fails_alone_and_the_rest_still_go() {
+        let rx_socket = Arc::new(bind_udp("127.0.0.1:0".parse().unwrap()).await.unwrap());
+        let tx_socket = Arc::new(bind_udp("127.0.0.1:0".parse().unwrap()).await.unwrap());
+        let to = rx_socket.local_addr().unwrap();
+        // Port 0 cannot be sent to.
+        let bad: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let batch: Vec<(SocketAddr, &[u8])> = vec![(to, b"a"), (bad, b"x"), (to, b"b"), (to, b"c")];
+        let failed = send_batch(&tx_socket, &batch).await;
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, bad);
+        let mut rx = DatagramRx::new(rx_socket);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            rx.ready().await.unwrap();
+            rx.drain(10, |d, _| got.push(d.to_vec()));
+        }
+        assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     }
 }

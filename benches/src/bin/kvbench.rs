@@ -346,6 +346,9 @@ struct NodeSample {
     /// Client requests answered and the seconds they spent inside the node (Quorate only).
     served: f64,
     served_seconds: f64,
+    /// Datagrams the node sent and received (Quorate only).
+    sent: f64,
+    received: f64,
 }
 
 async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
@@ -363,6 +366,8 @@ async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
         fsync_seconds: metric(&text, sum).unwrap_or(0.0),
         served: served("count"),
         served_seconds: served("sum"),
+        sent: metric(&text, "quorate_datagrams_sent_total").unwrap_or(0.0),
+        received: metric(&text, "quorate_datagrams_received_total").unwrap_or(0.0),
     }
 }
 
@@ -491,7 +496,7 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         let fsyncs = a.fsyncs - b.fsyncs;
         let mean_fsync_ms = if fsyncs > 0.0 { (a.fsync_seconds - b.fsync_seconds) * 1e3 / fsyncs } else { 0.0 };
         let served = a.served - b.served;
-        let inside = if served > 0.0 {
+        let mut inside = if served > 0.0 {
             format!(
                 "; answered {served:.0} requests, mean {:.3} ms inside the node",
                 (a.served_seconds - b.served_seconds) * 1e3 / served
@@ -499,6 +504,13 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         } else {
             String::new()
         };
+        if a.sent > b.sent {
+            inside.push_str(&format!(
+                "; datagrams per op: {:.2} sent, {:.2} received",
+                (a.sent - b.sent) / n as f64,
+                (a.received - b.received) / n as f64
+            ));
+        }
         println!(
             "kvbench: node {}{}: {:.0} fsyncs ({:.2} ops per fsync, mean {mean_fsync_ms:.3} ms), cpu {:.0} ms per 1000 ops{inside}",
             i + 1,
