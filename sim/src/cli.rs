@@ -78,13 +78,7 @@ pub fn parse_raft(args: &[String]) -> Result<RaftArgs, String> {
         match flag.as_str() {
             "--seeds" => {
                 let v = value("--seeds")?;
-                let (lo, hi) = v.split_once("..").ok_or_else(|| format!("--seeds expects A..B, got {v:?}"))?;
-                let lo = number(lo, "--seeds start")?;
-                let hi = number(hi, "--seeds end")?;
-                if hi <= lo {
-                    return Err(format!("--seeds {v}: the end must be greater than the start"));
-                }
-                a.seeds = lo..hi;
+                a.seeds = seed_range(&v)?;
             }
             "--seed" => {
                 let n = number(&value("--seed")?, "--seed")?;
@@ -108,16 +102,28 @@ pub fn parse_raft(args: &[String]) -> Result<RaftArgs, String> {
     Ok(a)
 }
 
-fn number(s: &str, what: &str) -> Result<u64, String> {
+/// Parses a flag's non-negative integer; the error names the flag.
+pub(crate) fn number(s: &str, what: &str) -> Result<u64, String> {
     s.trim().parse::<u64>().map_err(|_| format!("{what} expects a non-negative integer, got {s:?}"))
 }
 
-fn bounded(s: &str, what: &str, lo: u64, hi: u64) -> Result<u64, String> {
+/// Parses a flag's integer within `lo..=hi`; the error names the flag and the bounds.
+pub(crate) fn bounded(s: &str, what: &str, lo: u64, hi: u64) -> Result<u64, String> {
     let n = number(s, what)?;
     if n < lo || n > hi {
         return Err(format!("{what} must be between {lo} and {hi}, got {n}"));
     }
     Ok(n)
+}
+
+/// Parses `--seeds A..B` (B exclusive, greater than A), shared by every simulation.
+pub(crate) fn seed_range(v: &str) -> Result<std::ops::Range<u64>, String> {
+    let (lo, hi) = v.split_once("..").ok_or_else(|| format!("--seeds expects A..B, got {v:?}"))?;
+    let (lo, hi) = (number(lo, "--seeds start")?, number(hi, "--seeds end")?);
+    if hi <= lo {
+        return Err(format!("--seeds {v}: the end must be greater than the start"));
+    }
+    Ok(lo..hi)
 }
 
 /// Builds the simulation config for one seed.

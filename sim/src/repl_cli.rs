@@ -55,17 +55,7 @@ pub struct ReplArgs {
     pub planted_bug: Option<String>,
 }
 
-fn number(s: &str, what: &str) -> Result<u64, String> {
-    s.trim().parse::<u64>().map_err(|_| format!("{what} expects a non-negative integer, got {s:?}"))
-}
-
-fn bounded(s: &str, what: &str, lo: u64, hi: u64) -> Result<u64, String> {
-    let n = number(s, what)?;
-    if n < lo || n > hi {
-        return Err(format!("{what} must be between {lo} and {hi}, got {n}"));
-    }
-    Ok(n)
-}
+use crate::cli::{bounded, number, seed_range};
 
 /// Parses the arguments after `replication`. Errors name the flag and what it expects.
 pub fn parse(args: &[String]) -> Result<ReplArgs, String> {
@@ -86,12 +76,7 @@ pub fn parse(args: &[String]) -> Result<ReplArgs, String> {
         match flag.as_str() {
             "--seeds" => {
                 let v = value("--seeds")?;
-                let (lo, hi) = v.split_once("..").ok_or_else(|| format!("--seeds expects A..B, got {v:?}"))?;
-                let (lo, hi) = (number(lo, "--seeds start")?, number(hi, "--seeds end")?);
-                if hi <= lo {
-                    return Err(format!("--seeds {v}: the end must be greater than the start"));
-                }
-                a.seeds = lo..hi;
+                a.seeds = seed_range(&v)?;
                 a.single = false;
             }
             "--seed" => {

@@ -87,13 +87,7 @@ pub fn parse(args: &[String]) -> Result<SwimArgs, String> {
             }
             "--seeds" => {
                 let v = value("--seeds")?;
-                let (lo, hi) = v.split_once("..").ok_or_else(|| format!("--seeds expects A..B, got {v:?}"))?;
-                let lo: u64 = lo.parse().map_err(|_| format!("--seeds start expects an integer, got {lo:?}"))?;
-                let hi: u64 = hi.parse().map_err(|_| format!("--seeds end expects an integer, got {hi:?}"))?;
-                if hi <= lo {
-                    return Err(format!("--seeds {v}: the end must be greater than the start"));
-                }
-                a.seeds = lo..hi;
+                a.seeds = crate::cli::seed_range(&v)?;
             }
             "--no-faults" => a.faults = false,
             "--watch" => {
