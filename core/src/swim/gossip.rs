@@ -34,6 +34,9 @@ pub(crate) struct GossipQueue {
 const MIN_UPDATE_BYTES: usize = 4;
 /// Items examined per packet before giving up on filling it, so large queues cost O(1) per packet.
 const SCAN_MAX: usize = 256;
+/// Updates in a row too large for what is left before the packet counts as full: the queue
+/// holds updates of a few sizes, so a run of misses means the rest of the scan would miss too.
+const MISSES_MAX: usize = 8;
 
 impl GossipQueue {
     /// An empty queue of at most `max` entries that never drops updates about `own`.
@@ -107,8 +110,9 @@ impl GossipQueue {
         current: impl Fn(NodeId, NodeId) -> Option<Update>,
     ) {
         let mut picked = Vec::new();
+        let mut misses = 0;
         for &(sends, seq, id) in self.order.iter().take(SCAN_MAX) {
-            if budget < MIN_UPDATE_BYTES {
+            if budget < MIN_UPDATE_BYTES || misses == MISSES_MAX {
                 break;
             }
             if skip.contains(&id) {
@@ -118,6 +122,9 @@ impl GossipQueue {
                 if q.size <= budget {
                     budget -= q.size;
                     picked.push((sends, seq, id));
+                    misses = 0;
+                } else {
+                    misses += 1;
                 }
             }
         }

@@ -96,7 +96,7 @@ impl<'de> Deserialize<'de> for Addr {
 ///
 /// A member changes it with [`Swim::set_meta`](super::Swim::set_meta), which bumps its
 /// incarnation, so one `(generation, incarnation)` always names one metadata value.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Meta {
     /// Region label (failure domain, widest).
     pub region: String,
@@ -239,9 +239,21 @@ impl MetaPool {
     }
 }
 
-/// FNV-1a of the metadata's encoding (the pool's bucket key; equality decides).
+/// FNV-1a over the metadata's `Hash` stream (the pool's bucket key; equality decides). Hashing
+/// in place, not an encoding, because every update received with metadata is interned.
 fn meta_hash(meta: &Meta) -> u64 {
-    postcard::to_allocvec(meta).map_or(0, |bytes| crate::fnv1a64(&bytes))
+    struct Fnv(u64);
+    impl core::hash::Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0 = crate::fnv1a64_extend(self.0, bytes);
+        }
+    }
+    let mut h = Fnv(crate::fnv1a64(&[]));
+    core::hash::Hash::hash(meta, &mut h);
+    core::hash::Hasher::finish(&h)
 }
 
 impl Member {

@@ -381,9 +381,12 @@ impl Swim {
         self.members.get(id).map(|r| self.members.member(r))
     }
 
-    /// Every other known member, tombstones included, in id order.
+    /// Every other known member, tombstones included, in id order. Sorts a list of the
+    /// records first (the table is kept in slot order for speed), so it costs O(n log n).
     pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
-        self.members.iter().map(|r| self.members.member(r))
+        let mut recs: Vec<&Record> = self.members.iter().collect();
+        recs.sort_unstable_by_key(|r| r.id);
+        recs.into_iter().map(|r| self.members.member(r))
     }
 
     /// Other members known, tombstones included.

