@@ -33,9 +33,19 @@ fn body() -> impl Strategy<Value = Body> {
             target: NodeId(t),
             addr: Addr::v4(10, 1, 0, p, 7946)
         }),
-        (any::<u32>(), any::<bool>(), any::<bool>(), 0u16..3, 0u16..3).prop_map(|(seq, reply, join, part, parts)| {
-            Body::PushPull { seq, reply, join, part, parts, members: Vec::new() }
-        }),
+        (any::<u32>(), any::<bool>(), any::<bool>(), 0u16..3, 0u16..3, any::<u64>()).prop_map(
+            |(seq, reply, join, part, parts, buckets)| Body::PushPull {
+                seq,
+                reply,
+                join,
+                part,
+                parts,
+                buckets,
+                members: Vec::new()
+            }
+        ),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 60..68))
+            .prop_map(|(seq, buckets)| Body::Summary { seq, buckets }),
         Just(Body::Gossip),
     ]
 }

@@ -121,6 +121,24 @@ pub fn member_hash(id: NodeId, gen: u64, inc: u64) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+/// How many sync buckets a view is split into for [`Body::Summary`]: 64, so a set of buckets
+/// is one `u64` and a summary (about 5 bytes a bucket) fits any allowed packet.
+pub const SYNC_BUCKETS: usize = 64;
+
+/// The sync bucket of member `id`: the top six bits of a fixed mix of the id, so buckets are
+/// even whatever the ids (sequential ones included).
+pub fn sync_bucket(id: NodeId) -> usize {
+    let mut z = id.0 ^ 0x5157_494d_5359_4e43;
+    z = (z ^ (z >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    z = (z ^ (z >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    ((z ^ (z >> 33)) >> 58) as usize
+}
+
+/// True if `id`'s sync bucket is in the set `buckets`.
+pub fn in_buckets(buckets: u64, id: NodeId) -> bool {
+    buckets & (1 << sync_bucket(id)) != 0
+}
+
 /// What a packet asks or answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
@@ -150,7 +168,18 @@ pub enum Body {
         /// The requester's probe.
         seq: u32,
     },
-    /// One chunk of a full-state exchange. A request is answered with the responder's state.
+    /// Asks the receiver to repair the sync buckets whose hashes differ from its own: it starts
+    /// a [`Body::PushPull`] limited to those buckets, so two views that differ in a few
+    /// members exchange a few buckets' records, not the whole membership.
+    Summary {
+        /// Identifies the request.
+        seq: u32,
+        /// For each of the [`SYNC_BUCKETS`] buckets, the XOR of [`member_hash`] over the
+        /// sender's alive and suspect members in it (the sender included).
+        buckets: Vec<u32>,
+    },
+    /// One chunk of a state exchange. A request is answered with the responder's state for the
+    /// same buckets.
     PushPull {
         /// Identifies the exchange.
         seq: u32,
@@ -162,6 +191,9 @@ pub enum Body {
         part: u16,
         /// How many chunks the exchange has.
         parts: u16,
+        /// The [sync buckets](sync_bucket) exchanged, one bit each; `u64::MAX` is the whole
+        /// state (joins, periodic exchanges).
+        buckets: u64,
         /// Members in this chunk; each stands alone, so lost chunks lose only their members.
         members: Vec<Member>,
     },
@@ -184,14 +216,16 @@ pub enum Kind {
     PushPull,
     /// [`Body::Gossip`].
     Gossip,
+    /// [`Body::Summary`].
+    Summary,
 }
 
 impl Kind {
     /// How many kinds there are.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     /// Every kind, in index order.
     pub const ALL: [Kind; Kind::COUNT] =
-        [Kind::Ping, Kind::Ack, Kind::PingReq, Kind::Nack, Kind::PushPull, Kind::Gossip];
+        [Kind::Ping, Kind::Ack, Kind::PingReq, Kind::Nack, Kind::PushPull, Kind::Gossip, Kind::Summary];
 
     /// A short lowercase name, for reports.
     pub fn name(self) -> &'static str {
@@ -202,6 +236,7 @@ impl Kind {
             Kind::Nack => "nack",
             Kind::PushPull => "push_pull",
             Kind::Gossip => "gossip",
+            Kind::Summary => "summary",
         }
     }
 }
@@ -216,6 +251,7 @@ impl Body {
             Body::Nack { .. } => Kind::Nack,
             Body::PushPull { .. } => Kind::PushPull,
             Body::Gossip => Kind::Gossip,
+            Body::Summary { .. } => Kind::Summary,
         }
     }
 }
@@ -241,9 +277,12 @@ impl Packet {
             return false;
         }
         match &self.body {
-            Body::PushPull { part, parts, members, .. } => {
-                part < parts && members.iter().all(|m| ok(m.version) && m.id != NodeId::NONE)
+            Body::PushPull { part, parts, members, buckets, .. } => {
+                part < parts
+                    && *buckets != 0
+                    && members.iter().all(|m| ok(m.version) && m.id != NodeId::NONE && in_buckets(*buckets, m.id))
             }
+            Body::Summary { buckets, .. } => buckets.len() == SYNC_BUCKETS,
             _ => true,
         }
     }

@@ -87,7 +87,7 @@ pub use config::{Config, ConfigError};
 use gossip::GossipQueue;
 use member::MetaPool;
 pub use member::{Addr, Member, Meta, State, Version};
-pub use message::{member_hash, Body, Digest, Kind, Packet, Update};
+pub use message::{in_buckets, member_hash, sync_bucket, Body, Digest, Kind, Packet, Update, SYNC_BUCKETS};
 use table::{MemberTable, Record};
 
 use crate::machine::Machine;
@@ -189,10 +189,12 @@ pub struct Stats {
     pub probe_failures: u64,
     /// Suspicions about this member refuted.
     pub refutations: u64,
-    /// Full-state exchanges started.
+    /// State exchanges started (whole, or some sync buckets).
     pub push_pulls: u64,
-    /// Of those, started because a peer's view digest differed.
+    /// Of those, the bucket exchanges started in answer to a peer's [`Body::Summary`].
     pub digest_syncs: u64,
+    /// Summaries sent because a peer's view digest kept differing.
+    pub summaries: u64,
     /// Stale suspicions answered with the refutation this member held.
     pub corrections: u64,
     /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
@@ -241,6 +243,8 @@ const GOSSIP_SLACK: usize = 4;
 const SYNC_NEWS_WORTH: u64 = 16;
 /// Corrections of stale suspicions sent back for one received packet.
 const CORRECTIONS_MAX: usize = 4;
+/// What a [`Body::Summary`] costs the sync budget: its encoded size, about 5 bytes a bucket.
+const SUMMARY_BYTES: u64 = 5 * SYNC_BUCKETS as u64 + 32;
 
 /// One SWIM member. See the [module docs](self).
 pub struct Swim {
@@ -251,6 +255,8 @@ pub struct Swim {
     metas: MetaPool,
     live: usize,
     digest_hash: u32,
+    /// The digest split by [`sync_bucket`]: what a [`Body::Summary`] carries.
+    bucket_hashes: [u32; SYNC_BUCKETS],
     probe_order: Vec<NodeId>,
     probe_pos: usize,
     probe: Option<Probe>,
@@ -322,6 +328,7 @@ impl Swim {
             metas: MetaPool::default(),
             live: 1,
             digest_hash: 0,
+            bucket_hashes: [0; SYNC_BUCKETS],
             probe_order: Vec::new(),
             probe_pos: 0,
             probe: None,
@@ -353,8 +360,8 @@ impl Swim {
             actions: VecDeque::new(),
             stats: Stats::default(),
         };
-        swim.digest_hash = member_hash(swim.me.id, swim.me.version.gen, 0);
-        swim.view_hash = swim.digest_hash;
+        swim.toggle_live(swim.me.id, swim.me.version.gen, swim.me.version.inc);
+        swim.view_hash = member_hash(swim.me.id, swim.me.version.gen, 0);
         Ok(swim)
     }
 
@@ -555,7 +562,7 @@ impl Swim {
                     self.send(addr, Body::Ping { seq: my_seq, target }, buddy.into_iter().collect());
                 }
             }
-            Body::PushPull { seq, reply, join, members, .. } => {
+            Body::PushPull { seq, reply, join, buckets, members, .. } => {
                 let mut news = 0u64;
                 for m in members {
                     let info = (m.addr != Addr::UNSPECIFIED).then_some((m.addr, m.meta));
@@ -573,9 +580,10 @@ impl Swim {
                         self.answered.pop_front();
                     }
                     self.answered.push_back((sender, packet.gen, seq));
-                    self.send_state(from, seq, true, join);
+                    self.send_state(from, seq, true, join, buckets);
                 }
             }
+            Body::Summary { buckets, .. } => self.on_summary(now, sender, from, &buckets),
             Body::Gossip => {
                 if let Some(w) = warn {
                     corrections.insert(0, w);
@@ -596,11 +604,12 @@ impl Swim {
             // Different member counts are no passing refutation: repair at once.
             let persistent = packet.digest.live != self.digest().live || now >= since.saturating_add(gap);
             let rested = self.last_sync.is_none_or(|t| now >= t.saturating_add(gap));
-            if persistent && rested && self.take_sync_budget(now) {
+            if persistent && rested && self.take_sync_budget(now, SUMMARY_BYTES) {
                 self.last_sync = Some(now);
                 self.mismatch_since = None;
-                self.stats.digest_syncs += 1;
-                self.push_pull_with(sender, false);
+                self.stats.summaries += 1;
+                let seq = self.next_seq();
+                self.send(from, Body::Summary { seq, buckets: self.bucket_hashes.to_vec() }, Vec::new());
             }
         }
         Ok(())
@@ -623,14 +632,38 @@ impl Swim {
         (r.state == State::Alive && r.version().supersedes(&v)).then(|| self.update_of(r, self.cfg.id))
     }
 
-    /// Digest-driven exchanges draw on a budget of [`Config::sync_bytes_per_s`], counting the
-    /// request and the reply at this member's state size, with room for a burst of two: their
-    /// cost stays constant per member as the cluster grows, where a full state grows with it.
-    /// Records of an answer that were news are refunded ([`Self::refund_sync_budget`]), so
-    /// exchanges that repair much (after a join storm, a healed partition) are not held back;
-    /// exchanges that find views nearly equal (churn still spreading) are.
-    fn take_sync_budget(&mut self, now: Instant) -> bool {
-        let cost = 2 * self.state_bytes();
+    /// A peer whose digest differs sent its bucket hashes: the buckets that differ are
+    /// exchanged, this member's records first (the peer answers with its own for the same
+    /// buckets), if the budget allows. Only the differing buckets travel, so the cost of a
+    /// repair follows the size of the difference, not of the membership.
+    fn on_summary(&mut self, now: Instant, sender: NodeId, from: Addr, theirs: &[u32]) {
+        if !self.members.get(sender).is_some_and(Record::is_live) {
+            return;
+        }
+        let differ = theirs.iter().zip(&self.bucket_hashes).enumerate().filter(|(_, (a, b))| a != b);
+        let buckets = differ.fold(0u64, |set, (i, _)| set | (1 << i));
+        if buckets == 0 {
+            return;
+        }
+        // Request and reply, each about the share of the state those buckets hold.
+        let share = u64::from(buckets.count_ones());
+        let cost = 2 * self.state_bytes() * share / SYNC_BUCKETS as u64;
+        if self.take_sync_budget(now, cost) {
+            self.stats.push_pulls += 1;
+            self.stats.digest_syncs += 1;
+            let seq = self.next_seq();
+            self.send_state(from, seq, false, false, buckets);
+        }
+    }
+
+    /// Digest-driven exchanges draw on a budget of [`Config::sync_bytes_per_s`]: the summary
+    /// that asks for one, and the bucket exchange that answers it, counted at its request and
+    /// reply. Their cost stays constant per member as the cluster grows, where a full state
+    /// grows with it. Records of an answer that were news are refunded
+    /// ([`Self::refund_sync_budget`]), so exchanges that repair much (after a join storm, a
+    /// healed partition) are not held back; exchanges that find views nearly equal (churn
+    /// still spreading) are.
+    fn take_sync_budget(&mut self, now: Instant, cost: u64) -> bool {
         let cap = self.sync_budget_cap();
         let elapsed = now.saturating_duration_since(self.sync_tokens_at);
         let earned = (elapsed.as_nanos() * u128::from(self.cfg.sync_bytes_per_s) / 1_000_000_000) as u64;
@@ -649,9 +682,9 @@ impl Swim {
         self.sync_tokens = self.sync_tokens.saturating_add(refund).min(self.sync_budget_cap());
     }
 
-    /// Two exchanges' worth.
+    /// Two full exchanges' worth.
     fn sync_budget_cap(&self) -> u64 {
-        4 * self.state_bytes()
+        (4 * self.state_bytes()).max(4 * SUMMARY_BYTES)
     }
 
     /// The encoded size of this member's full state, from the last one it sent.
@@ -731,10 +764,10 @@ impl Swim {
         let was_live = !old.state.is_terminal();
         let is_live_now = !v.state.is_terminal();
         if was_live {
-            self.digest_hash ^= member_hash(id, old.gen, old.inc);
+            self.toggle_live(id, old.gen, old.inc);
         }
         if is_live_now {
-            self.digest_hash ^= member_hash(id, v.gen, v.inc);
+            self.toggle_live(id, v.gen, v.inc);
         }
         if was_live && (!is_live_now || v.gen != old.gen) {
             self.became_dead(id, old.gen);
@@ -798,7 +831,7 @@ impl Swim {
             (State::Suspect | State::Alive, Some((addr, meta))) => {
                 let meta = self.metas.intern(meta);
                 self.members.insert(id, v, addr, meta.clone());
-                self.digest_hash ^= member_hash(id, v.gen, v.inc);
+                self.toggle_live(id, v.gen, v.inc);
                 self.became_live(id, v.gen);
                 self.emit(Event::Up(Box::new(Member { id, addr, version: v, meta })));
                 if v.state == State::Suspect {
@@ -906,10 +939,18 @@ impl Swim {
 
     fn set_me(&mut self, gen: u64, inc: u64) {
         let old = self.me.version;
-        self.digest_hash ^= member_hash(self.me.id, old.gen, old.inc) ^ member_hash(self.me.id, gen, inc);
+        self.toggle_live(self.me.id, old.gen, old.inc);
+        self.toggle_live(self.me.id, gen, inc);
         self.view_hash ^= member_hash(self.me.id, old.gen, 0) ^ member_hash(self.me.id, gen, 0);
         self.me.version.gen = gen;
         self.me.version.inc = inc;
+    }
+
+    /// Adds a live `(id, gen, inc)` to the digest and its sync bucket, or takes it out.
+    fn toggle_live(&mut self, id: NodeId, gen: u64, inc: u64) {
+        let h = member_hash(id, gen, inc);
+        self.digest_hash ^= h;
+        self.bucket_hashes[sync_bucket(id)] ^= h;
     }
 
     fn became_live(&mut self, id: NodeId, gen: u64) {
@@ -1233,13 +1274,16 @@ impl Swim {
         }
     }
 
-    /// Sends this member's full state to `to`, in chunks that fit the packet limit.
-    fn send_state(&mut self, to: Addr, seq: u32, reply: bool, join: bool) {
-        let all = core::iter::once(self.me.clone()).chain(self.members.iter().map(|r| self.members.member(r)));
+    /// Sends this member's state in the sync buckets `buckets` to `to`, in chunks that fit the
+    /// packet limit.
+    fn send_state(&mut self, to: Addr, seq: u32, reply: bool, join: bool, buckets: u64) {
+        let all = core::iter::once(self.me.clone())
+            .chain(self.members.iter().map(|r| self.members.member(r)))
+            .filter(|m| in_buckets(buckets, m.id));
         let header = Packet {
             gen: self.me.version.gen,
             digest: self.digest(),
-            body: Body::PushPull { seq, reply, join, part: u16::MAX, parts: u16::MAX, members: Vec::new() },
+            body: Body::PushPull { seq, reply, join, part: u16::MAX, parts: u16::MAX, buckets, members: Vec::new() },
             gossip: Vec::new(),
         };
         let base = postcard::experimental::serialized_size(&header).unwrap_or(usize::MAX)
@@ -1266,14 +1310,16 @@ impl Swim {
                 c.push(m);
             }
         }
-        self.record_bytes = (total / count.max(1)).max(1);
+        if let Some(avg) = total.checked_div(count) {
+            self.record_bytes = avg.max(1);
+        }
         let parts = u16::try_from(chunks.len()).unwrap_or(u16::MAX);
         for (part, members) in chunks.into_iter().take(usize::from(parts)).enumerate() {
             let part = part as u16;
             let packet = Packet {
                 gen: self.me.version.gen,
                 digest: self.digest(),
-                body: Body::PushPull { seq, reply, join, part, parts, members },
+                body: Body::PushPull { seq, reply, join, part, parts, buckets, members },
                 gossip: Vec::new(),
             };
             self.push_send(to, &packet);
@@ -1284,7 +1330,7 @@ impl Swim {
         let Some(addr) = self.members.addr_of(id) else { return };
         self.stats.push_pulls += 1;
         let seq = self.next_seq();
-        self.send_state(addr, seq, false, join);
+        self.send_state(addr, seq, false, join, u64::MAX);
     }
 
     /// Plans the next periodic exchange; false if this one is put off instead. A member that
@@ -1417,7 +1463,7 @@ impl Machine for Swim {
             for s in seeds {
                 let seq = self.next_seq();
                 self.stats.push_pulls += 1;
-                self.send_state(s, seq, false, true);
+                self.send_state(s, seq, false, true, u64::MAX);
             }
             let jitter = self.rng.next_u64() % (self.join_backoff.as_nanos() as u64 / 4).max(1);
             self.next_join = Some(now.saturating_add(self.join_backoff + Duration::from_nanos(jitter)));
@@ -1466,6 +1512,12 @@ impl Machine for Swim {
             hash ^= member_hash(r.id, r.gen, r.inc);
         }
         assert_eq!(self.digest_hash, hash, "{}: digest out of step", self.cfg.id);
+        let mut buckets = [0u32; SYNC_BUCKETS];
+        buckets[sync_bucket(self.me.id)] ^= member_hash(self.me.id, v.gen, v.inc);
+        for r in self.members.iter().filter(|r| r.is_live()) {
+            buckets[sync_bucket(r.id)] ^= member_hash(r.id, r.gen, r.inc);
+        }
+        assert_eq!(self.bucket_hashes, buckets, "{}: sync bucket hashes out of step", self.cfg.id);
         let live_gens = self.members.iter().filter(|r| r.is_live()).map(|r| (r.id, r.gen, 0));
         let view = Digest::of(core::iter::once((self.me.id, v.gen, 0)).chain(live_gens));
         assert_eq!(self.view(), view, "{}: view fingerprint out of step", self.cfg.id);

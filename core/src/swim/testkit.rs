@@ -300,14 +300,16 @@ fn describe(from: usize, to: usize, p: &Packet) -> Option<String> {
         Body::Ack { .. } => "ack".into(),
         Body::PingReq { target, .. } => format!("ping-req for {target}"),
         Body::Nack { .. } => "nack".into(),
-        Body::PushPull { reply, join, part, parts, members, .. } => format!(
-            "{}{} {}/{} ({} members)",
+        Body::PushPull { reply, join, part, parts, members, buckets, .. } => format!(
+            "{}{} {}/{} ({} members{})",
             if *join { "join " } else { "" },
             if *reply { "state-reply" } else { "state" },
             part + 1,
             parts,
-            members.len()
+            members.len(),
+            if *buckets == u64::MAX { String::new() } else { format!(" of {} buckets", buckets.count_ones()) }
         ),
+        Body::Summary { .. } => "summary".into(),
         Body::Gossip => "gossip".into(),
     };
     Some(format!("{} -> {} {what}{news}", id(from), id(to)))

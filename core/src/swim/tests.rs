@@ -435,9 +435,9 @@ fn a_healed_partition_converges_without_gossip_finding_it() {
     }
 }
 
-/// A member that knows 200 others hears, every 100 ms for 100 s, a live peer whose view
-/// digest differs in member count; returns how many full-state exchanges that started.
-fn digest_syncs_in_100s(sync_bytes_per_s: u32) -> u64 {
+/// A member that knows 200 others and has sent one full state (so it knows what a record
+/// costs).
+fn member_of_201(sync_bytes_per_s: u32) -> Swim {
     let cfg = Config { sync_bytes_per_s, ..Config::lan(id(0), CLUSTER, addr(0)) };
     let mut s = Swim::new(cfg, 1, 1, Instant::ZERO).unwrap();
     for i in 1..=200 {
@@ -445,30 +445,149 @@ fn digest_syncs_in_100s(sync_bytes_per_s: u32) -> u64 {
         let p = Packet { gen: 1, digest: s.digest(), body: Body::Gossip, gossip: vec![u] };
         s.handle_packet(Instant::ZERO, addr(i), &crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap()).unwrap();
     }
-    // One full state sent, so the member knows what one costs.
-    s.send_state(addr(1), 1, false, false);
-    let before = s.stats().digest_syncs;
+    s.send_state(addr(1), 1, false, false, u64::MAX);
+    while s.poll_action().is_some() {}
+    s
+}
+
+/// The member hears, every 100 ms for 100 s, a live peer whose view digest differs in member
+/// count; returns how many summaries that made it send.
+fn summaries_in_100s(sync_bytes_per_s: u32) -> u64 {
+    let mut s = member_of_201(sync_bytes_per_s);
     for step in 1..=1000u64 {
         let now = Instant::from_nanos(step * 100_000_000);
-        let digest = Digest { live: 150, hash: 7 };
-        let p = Packet { gen: 1, digest, body: Body::Gossip, gossip: vec![] };
+        let p = Packet { gen: 1, digest: Digest { live: 150, hash: 7 }, body: Body::Gossip, gossip: vec![] };
         s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
         while s.poll_action().is_some() {}
     }
     s.check_invariants();
-    s.stats().digest_syncs - before
+    s.stats().summaries
+}
+
+/// The member receives, every 100 ms for 100 s, a summary from a live peer in which the first
+/// `differing` sync buckets differ from its own; returns the bucket exchanges it started and
+/// the bytes they sent.
+fn bucket_syncs_in_100s(sync_bytes_per_s: u32, differing: usize) -> (u64, u64) {
+    let mut s = member_of_201(sync_bytes_per_s);
+    let mut bytes = 0;
+    for step in 1..=1000u64 {
+        let now = Instant::from_nanos(step * 100_000_000);
+        let mut buckets = s.bucket_hashes.to_vec();
+        for h in &mut buckets[..differing] {
+            *h ^= 1;
+        }
+        let p =
+            Packet { gen: 1, digest: s.digest(), body: Body::Summary { seq: step as u32, buckets }, gossip: vec![] };
+        s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
+        while let Some(a) = s.poll_action() {
+            if let Action::Send { packet, .. } = a {
+                bytes += packet.len() as u64;
+            }
+        }
+    }
+    s.check_invariants();
+    (s.stats().digest_syncs, bytes)
 }
 
 #[test]
-fn digest_driven_exchanges_keep_within_their_byte_budget() {
-    // 201 records of about 20 bytes: about 8 KB per exchange (request and reply).
-    let budgeted = digest_syncs_in_100s(512);
-    assert!(
-        (2..=10).contains(&budgeted),
-        "512 B/s over 100 s allows about 6 (2 at once, then one per 16 s): {budgeted}"
+fn digest_driven_repairs_keep_within_their_byte_budget() {
+    // Summaries are small (about 350 bytes): the 2 s gap between two is what bounds them.
+    let summaries = summaries_in_100s(512);
+    assert!((40..=51).contains(&summaries), "one per 2 s gap over 100 s: {summaries}");
+    // 201 records of about 20 bytes: about 8 KB per whole exchange (request and reply).
+    let (whole, _) = bucket_syncs_in_100s(512, SYNC_BUCKETS);
+    assert!((2..=10).contains(&whole), "512 B/s over 100 s allows about 6 whole exchanges (2 at once): {whole}");
+    let (unbounded, _) = bucket_syncs_in_100s(u32::MAX, SYNC_BUCKETS);
+    assert_eq!(unbounded, 1000, "without a budget every summary is answered");
+    // One bucket of 64 holds about 3 records: such a repair costs a 64th of a whole one.
+    let (one, bytes) = bucket_syncs_in_100s(512, 1);
+    assert!(one >= 300, "a one-bucket difference is answered far more often: {one}");
+    assert!(bytes <= 512 * 100 + 16 * 1024, "within the budget and its burst: {bytes} bytes");
+}
+
+#[test]
+fn a_summary_is_answered_with_exactly_the_differing_buckets_and_so_is_that_request() {
+    let mut s = member_of_201(u32::MAX);
+    let b = sync_bucket(id(17));
+    let mut buckets = s.bucket_hashes.to_vec();
+    buckets[b] ^= 1;
+    let p = Packet { gen: 1, digest: s.digest(), body: Body::Summary { seq: 3, buckets }, gossip: vec![] };
+    s.handle_packet(
+        Instant::from_nanos(1_000_000_000),
+        addr(1),
+        &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap(),
+    )
+    .unwrap();
+    let sent_state = |s: &mut Swim| {
+        let mut out = Vec::new();
+        while let Some(a) = s.poll_action() {
+            let Action::Send { packet, .. } = a else { continue };
+            let p = crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body;
+            if let Body::PushPull { reply, buckets, members, .. } = p.body {
+                out.push((reply, buckets, members.into_iter().map(|m| m.id).collect::<BTreeSet<_>>()));
+            }
+        }
+        out
+    };
+    let want: BTreeSet<NodeId> = (0..=200).map(id).filter(|m| sync_bucket(*m) == b).collect();
+    assert!(want.contains(&id(17)) && want.len() < 20, "a bucket holds a few of 201: {want:?}");
+    assert_eq!(sent_state(&mut s), vec![(false, 1 << b, want.clone())], "a request for bucket {b} only");
+    // The peer's request for the same bucket (it started the exchange) gets the same bucket back.
+    let req = Packet {
+        gen: 1,
+        digest: s.digest(),
+        body: Body::PushPull { seq: 9, reply: false, join: false, part: 0, parts: 1, buckets: 1 << b, members: vec![] },
+        gossip: vec![],
+    };
+    s.handle_packet(
+        Instant::from_nanos(2_000_000_000),
+        addr(2),
+        &crate::wire::encode(CLUSTER, id(2), &req, 1400).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sent_state(&mut s), vec![(true, 1 << b, want)]);
+    // Equal hashes ask for nothing.
+    let p = Packet {
+        gen: 1,
+        digest: s.digest(),
+        body: Body::Summary { seq: 4, buckets: s.bucket_hashes.to_vec() },
+        gossip: vec![],
+    };
+    s.handle_packet(
+        Instant::from_nanos(3_000_000_000),
+        addr(1),
+        &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap(),
+    )
+    .unwrap();
+    assert!(sent_state(&mut s).is_empty());
+}
+
+#[test]
+fn records_outside_the_buckets_of_a_state_chunk_are_rejected() {
+    let mut s = member_of_201(u32::MAX);
+    let other = (1..100).map(id).find(|m| sync_bucket(*m) != sync_bucket(id(5))).unwrap();
+    let m = Member {
+        id: other,
+        addr: addr(other.0 as usize),
+        version: Version { gen: 1, inc: 0, state: State::Alive },
+        meta: Arc::default(),
+    };
+    let body = Body::PushPull {
+        seq: 1,
+        reply: true,
+        join: false,
+        part: 0,
+        parts: 1,
+        buckets: 1 << sync_bucket(id(5)),
+        members: vec![m],
+    };
+    let p = Packet { gen: 1, digest: s.digest(), body, gossip: vec![] };
+    let r = s.handle_packet(
+        Instant::from_nanos(1_000_000_000),
+        addr(1),
+        &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap(),
     );
-    let unbounded = digest_syncs_in_100s(u32::MAX);
-    assert!(unbounded >= 45, "without a budget only the 2 s gap holds them back: {unbounded}");
+    assert!(matches!(r, Err(SwimError::Invalid)), "{r:?}");
 }
 
 #[test]
@@ -513,7 +632,7 @@ fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
         s.handle_packet(Instant::ZERO, addr(i), &bytes).unwrap();
     }
     while s.poll_action().is_some() {}
-    s.send_state(addr(1), 7, false, true);
+    s.send_state(addr(1), 7, false, true, u64::MAX);
     let mut seen = BTreeSet::new();
     let mut parts = 0;
     while let Some(a) = s.poll_action() {
