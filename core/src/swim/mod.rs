@@ -593,16 +593,20 @@ impl Swim {
         if !corrections.is_empty() {
             self.send(from, Body::Gossip, corrections);
         }
-        // Views that keep differing are repaired by a full-state exchange with the sender. A
+        // Views that keep differing are repaired by a bucket exchange with the sender. A
         // difference in incarnations only is usually an update still spreading, so it must
-        // persist for a gap first; a difference in member count is repaired at once.
+        // persist for a gap first; a difference in member count is repaired at once, and so is
+        // any difference while this member suspects someone: the difference may be the
+        // suspect's refutation, missed, and waiting would let the suspicion time out.
         if packet.digest == self.digest() {
             self.mismatch_since = None;
         } else if self.members.get(sender).is_some_and(Record::is_live) {
             let gap = self.cfg.sync_gap;
             let since = *self.mismatch_since.get_or_insert(now);
             // Different member counts are no passing refutation: repair at once.
-            let persistent = packet.digest.live != self.digest().live || now >= since.saturating_add(gap);
+            let persistent = packet.digest.live != self.digest().live
+                || now >= since.saturating_add(gap)
+                || !self.suspicions.is_empty();
             let rested = self.last_sync.is_none_or(|t| now >= t.saturating_add(gap));
             if persistent && rested && self.take_sync_budget(now, SUMMARY_BYTES) {
                 self.last_sync = Some(now);

@@ -506,6 +506,33 @@ fn digest_driven_repairs_keep_within_their_byte_budget() {
 }
 
 #[test]
+fn a_member_that_suspects_someone_repairs_a_differing_digest_at_once() {
+    // The difference may be the suspect's refutation, lost on its way here: waiting out the
+    // gap could let the suspicion time out first (seen at 30% loss).
+    let summaries_after = |suspect: bool| {
+        let mut s = member_of_201(u32::MAX);
+        let before = s.stats().summaries;
+        let t = Instant::from_nanos(10_000_000_000);
+        // A peer that agrees: no difference is pending.
+        let p = Packet { gen: 1, digest: s.digest(), body: Body::Gossip, gossip: vec![] };
+        s.handle_packet(t, addr(4), &crate::wire::encode(CLUSTER, id(4), &p, 1400).unwrap()).unwrap();
+        if suspect {
+            let u = Update::Suspect { id: id(9), gen: 1, inc: 0, by: id(3) };
+            let p = Packet { gen: 1, digest: s.digest(), body: Body::Gossip, gossip: vec![u] };
+            s.handle_packet(t, addr(3), &crate::wire::encode(CLUSTER, id(3), &p, 1400).unwrap()).unwrap();
+        }
+        // Same member count, other incarnations: what a refutation not yet heard looks like.
+        let digest = Digest { live: s.digest().live, hash: s.digest().hash ^ 1 };
+        let p = Packet { gen: 1, digest, body: Body::Gossip, gossip: vec![] };
+        s.handle_packet(t, addr(4), &crate::wire::encode(CLUSTER, id(4), &p, 1400).unwrap()).unwrap();
+        s.check_invariants();
+        s.stats().summaries - before
+    };
+    assert_eq!(summaries_after(false), 0, "an incarnation difference must persist for the gap first");
+    assert_eq!(summaries_after(true), 1, "while suspecting, at once");
+}
+
+#[test]
 fn a_summary_is_answered_with_exactly_the_differing_buckets_and_so_is_that_request() {
     let mut s = member_of_201(u32::MAX);
     let b = sync_bucket(id(17));
