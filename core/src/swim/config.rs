@@ -50,11 +50,14 @@ pub struct Config {
     /// clusters up to 32 members; larger clusters stretch it in proportion to `n / 32`, so the
     /// bytes each member sends per second stay constant as the cluster grows.
     pub push_pull_interval: Duration,
-    /// Shortest time between two push-pulls started because a peer's view digest differed.
+    /// Shortest time between two repairs asked for because a peer's view digest differed
+    /// (and how long an incarnation-only difference must last first, unless this member
+    /// suspects someone).
     pub sync_gap: Duration,
-    /// Average bytes per second those digest-driven push-pulls may cost (request and reply,
-    /// at this member's state size; a burst of two is allowed). A full state grows with the
-    /// cluster, so this budget is what keeps their load per member constant in n.
+    /// Average bytes per second those digest-driven repairs may cost: the summaries asked,
+    /// and the bucket exchanges answered (request and reply, at the buckets' share of this
+    /// member's state; a burst of two whole exchanges is allowed). This budget is what keeps
+    /// their load per member constant in n.
     pub sync_bytes_per_s: u32,
     /// Health score ceiling (Lifeguard's awareness): intervals scale by up to this factor.
     pub health_max: u32,

@@ -24,9 +24,13 @@
 //! - **corrections**: a stale suspicion is answered straight back with the refutation held,
 //!   and a suspicion still open halfway to its deadline is gossiped once more (a last call), so
 //!   a refutation lost on its way to one member does not bury a live member;
-//! - **bounded anti-entropy**: push-pulls started by a differing digest spend a byte budget
-//!   ([`Config::sync_bytes_per_s`]), and the periodic one stretches with the cluster, so
-//!   full-state exchanges cost each member the same whatever n.
+//! - **differential anti-entropy**: a view is split into [`SYNC_BUCKETS`] buckets by id, each
+//!   with a hash of its live members kept as updates land. A peer whose digest keeps differing
+//!   (at once while this member suspects someone: the difference may be a missed refutation)
+//!   gets a [`Body::Summary`] of the bucket hashes and starts an exchange of the differing
+//!   buckets only, so a repair costs what the difference holds, not the whole membership;
+//!   those repairs spend a byte budget ([`Config::sync_bytes_per_s`]), and the periodic full
+//!   exchange stretches with the cluster, so anti-entropy costs each member the same whatever n.
 //!
 //! The machine owns its encoding: [`Swim::handle_packet`] takes raw datagrams and
 //! [`Action::Send`] carries ready ones, so every packet, in or out, is checked against
