@@ -281,8 +281,9 @@ pub struct Swim {
     planned_period: Duration,
     last_sync: Option<Instant>,
     mismatch_since: Option<Instant>,
-    /// Bytes digest-driven exchanges may still spend, as of `sync_tokens_at`.
-    sync_tokens: u64,
+    /// Bytes digest-driven repairs may still spend, as of `sync_tokens_at`; negative after a
+    /// bucket exchange cost more than was left (a debt paid back before the next summary).
+    sync_tokens: i64,
     sync_tokens_at: Instant,
     /// Average encoded bytes per member in the last full state sent.
     record_bytes: u64,
@@ -351,7 +352,7 @@ impl Swim {
             planned_period,
             last_sync: None,
             mismatch_since: None,
-            sync_tokens: u64::MAX,
+            sync_tokens: i64::MAX,
             sync_tokens_at: now,
             record_bytes: 32,
             view_hash: 0,
@@ -584,6 +585,9 @@ impl Swim {
                         self.answered.pop_front();
                     }
                     self.answered.push_back((sender, packet.gen, seq));
+                    if buckets != u64::MAX {
+                        self.charge_bucket_sync(buckets);
+                    }
                     self.send_state(from, seq, true, join, buckets);
                 }
             }
@@ -653,18 +657,27 @@ impl Swim {
         if buckets == 0 {
             return;
         }
-        // Request and reply, each about the share of the state those buckets hold.
-        let share = u64::from(buckets.count_ones());
-        let cost = 2 * self.state_bytes() * share / SYNC_BUCKETS as u64;
-        if self.take_sync_budget(now, cost) {
-            self.stats.push_pulls += 1;
-            self.stats.digest_syncs += 1;
-            let seq = self.next_seq();
-            self.send_state(from, seq, false, false, buckets);
-        }
+        // Answered whatever this member's budget: the asker pays (see `charge_bucket_sync`), as
+        // the one that wants the repair; a responder paying would refuse the members that need
+        // it most (every joiner asks the few that know everyone).
+        let _ = now;
+        self.stats.push_pulls += 1;
+        self.stats.digest_syncs += 1;
+        let seq = self.next_seq();
+        self.send_state(from, seq, false, false, buckets);
     }
 
-    /// Digest-driven exchanges draw on a budget of [`Config::sync_bytes_per_s`]: the summary
+    /// Charges the budget for a bucket exchange this member asked for with a summary, at its
+    /// request and reply for the buckets' share of the state. It may leave the budget empty,
+    /// which holds back the next summaries until it refills.
+    fn charge_bucket_sync(&mut self, buckets: u64) {
+        let share = u64::from(buckets.count_ones());
+        let cost = 2 * self.state_bytes() * share / SYNC_BUCKETS as u64;
+        let floor = -self.sync_budget_cap();
+        self.sync_tokens = self.sync_tokens.saturating_sub(i64::try_from(cost).unwrap_or(i64::MAX)).max(floor);
+    }
+
+    /// Digest-driven repairs draw on a budget of [`Config::sync_bytes_per_s`]: the summary
     /// that asks for one, and the bucket exchange that answers it, counted at its request and
     /// reply. Their cost stays constant per member as the cluster grows, where a full state
     /// grows with it. Records of an answer that were news are refunded
@@ -674,9 +687,11 @@ impl Swim {
     fn take_sync_budget(&mut self, now: Instant, cost: u64) -> bool {
         let cap = self.sync_budget_cap();
         let elapsed = now.saturating_duration_since(self.sync_tokens_at);
-        let earned = (elapsed.as_nanos() * u128::from(self.cfg.sync_bytes_per_s) / 1_000_000_000) as u64;
+        let earned = elapsed.as_nanos() * u128::from(self.cfg.sync_bytes_per_s) / 1_000_000_000;
+        let earned = i64::try_from(earned).unwrap_or(i64::MAX);
         self.sync_tokens = self.sync_tokens.saturating_add(earned).min(cap);
         self.sync_tokens_at = now;
+        let cost = i64::try_from(cost).unwrap_or(i64::MAX);
         if self.sync_tokens < cost {
             return false;
         }
@@ -687,12 +702,13 @@ impl Swim {
     fn refund_sync_budget(&mut self, news: u64) {
         // An answer that is at least 1/SYNC_NEWS_WORTH news pays for its exchange.
         let refund = news.saturating_mul(2 * SYNC_NEWS_WORTH * self.record_bytes);
+        let refund = i64::try_from(refund).unwrap_or(i64::MAX);
         self.sync_tokens = self.sync_tokens.saturating_add(refund).min(self.sync_budget_cap());
     }
 
     /// Two full exchanges' worth.
-    fn sync_budget_cap(&self) -> u64 {
-        (4 * self.state_bytes()).max(4 * SUMMARY_BYTES)
+    fn sync_budget_cap(&self) -> i64 {
+        i64::try_from((4 * self.state_bytes()).max(4 * SUMMARY_BYTES)).unwrap_or(i64::MAX)
     }
 
     /// The encoded size of this member's full state, from the last one it sent.

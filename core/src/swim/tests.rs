@@ -451,58 +451,56 @@ fn member_of_201(sync_bytes_per_s: u32) -> Swim {
 }
 
 /// The member hears, every 100 ms for 100 s, a live peer whose view digest differs in member
-/// count; returns how many summaries that made it send.
-fn summaries_in_100s(sync_bytes_per_s: u32) -> u64 {
+/// count, and the peer answers each summary by exchanging the first `answered` buckets (none:
+/// no answer); returns how many summaries the member sent.
+fn summaries_in_100s(sync_bytes_per_s: u32, answered: usize) -> u64 {
     let mut s = member_of_201(sync_bytes_per_s);
+    let before = s.stats().summaries;
     for step in 1..=1000u64 {
         let now = Instant::from_nanos(step * 100_000_000);
         let p = Packet { gen: 1, digest: Digest { live: 150, hash: 7 }, body: Body::Gossip, gossip: vec![] };
         s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
-        while s.poll_action().is_some() {}
-    }
-    s.check_invariants();
-    s.stats().summaries
-}
-
-/// The member receives, every 100 ms for 100 s, a summary from a live peer in which the first
-/// `differing` sync buckets differ from its own; returns the bucket exchanges it started and
-/// the bytes they sent.
-fn bucket_syncs_in_100s(sync_bytes_per_s: u32, differing: usize) -> (u64, u64) {
-    let mut s = member_of_201(sync_bytes_per_s);
-    let mut bytes = 0;
-    for step in 1..=1000u64 {
-        let now = Instant::from_nanos(step * 100_000_000);
-        let mut buckets = s.bucket_hashes.to_vec();
-        for h in &mut buckets[..differing] {
-            *h ^= 1;
-        }
-        let p =
-            Packet { gen: 1, digest: s.digest(), body: Body::Summary { seq: step as u32, buckets }, gossip: vec![] };
-        s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
+        let mut asked = false;
         while let Some(a) = s.poll_action() {
             if let Action::Send { packet, .. } = a {
-                bytes += packet.len() as u64;
+                let body = crate::wire::decode::<Packet>(&packet, CLUSTER, 1400).unwrap().body.body;
+                asked |= matches!(body, Body::Summary { .. });
             }
+        }
+        if asked && answered > 0 {
+            let buckets = if answered == SYNC_BUCKETS { u64::MAX } else { (1 << answered) - 1 };
+            let body = Body::PushPull {
+                seq: step as u32,
+                reply: false,
+                join: false,
+                part: 0,
+                parts: 1,
+                buckets,
+                members: vec![],
+            };
+            let p = Packet { gen: 1, digest: Digest { live: 150, hash: 7 }, body, gossip: vec![] };
+            s.handle_packet(now, addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap()).unwrap();
+            while s.poll_action().is_some() {}
         }
     }
     s.check_invariants();
-    (s.stats().digest_syncs, bytes)
+    s.stats().summaries - before
 }
 
 #[test]
 fn digest_driven_repairs_keep_within_their_byte_budget() {
-    // Summaries are small (about 350 bytes): the 2 s gap between two is what bounds them.
-    let summaries = summaries_in_100s(512);
-    assert!((40..=51).contains(&summaries), "one per 2 s gap over 100 s: {summaries}");
-    // 201 records of about 20 bytes: about 8 KB per whole exchange (request and reply).
-    let (whole, _) = bucket_syncs_in_100s(512, SYNC_BUCKETS);
-    assert!((2..=10).contains(&whole), "512 B/s over 100 s allows about 6 whole exchanges (2 at once): {whole}");
-    let (unbounded, _) = bucket_syncs_in_100s(u32::MAX, SYNC_BUCKETS);
-    assert_eq!(unbounded, 1000, "without a budget every summary is answered");
-    // One bucket of 64 holds about 3 records: such a repair costs a 64th of a whole one.
-    let (one, bytes) = bucket_syncs_in_100s(512, 1);
-    assert!(one >= 300, "a one-bucket difference is answered far more often: {one}");
-    assert!(bytes <= 512 * 100 + 16 * 1024, "within the budget and its burst: {bytes} bytes");
+    // Summaries are small (about 350 bytes): unanswered, the 2 s gap is what bounds them.
+    let unanswered = summaries_in_100s(512, 0);
+    assert!((40..=51).contains(&unanswered), "one per 2 s gap over 100 s: {unanswered}");
+    // 201 records of about 20 bytes: about 8 KB per whole exchange (request and reply), which
+    // the asker pays for.
+    let whole = summaries_in_100s(512, SYNC_BUCKETS - 1);
+    assert!((2..=10).contains(&whole), "512 B/s over 100 s pays for about 6 near-whole exchanges: {whole}");
+    let unbounded = summaries_in_100s(u32::MAX, SYNC_BUCKETS - 1);
+    assert!(unbounded >= 40, "without a budget only the gap holds them back: {unbounded}");
+    // One bucket of 64 holds about 3 records: such repairs fit the budget at the gap's pace.
+    let one = summaries_in_100s(512, 1);
+    assert!(one >= 40, "one-bucket repairs are cheap: {one}");
 }
 
 #[test]
