@@ -20,8 +20,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+/// A handle that makes a file's written bytes durable from another thread, so a second fsync
+/// can start while the first is still running.
+pub trait FileSync: Clone + Send + 'static {
+    /// Makes every byte written to the file before this call durable.
+    fn sync(&self) -> io::Result<()>;
+}
+
 /// A file opened for appending.
 pub trait VfsFile: Send + 'static {
+    /// Its [`FileSync`] handle.
+    type Sync: FileSync;
     /// Appends `bytes` (not durable until [`VfsFile::sync`]).
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes every byte appended so far durable.
@@ -29,6 +38,8 @@ pub trait VfsFile: Send + 'static {
     /// Extends the file with zero bytes to `len` bytes (nothing if it is that long already)
     /// without moving where the next append lands; durable, like appends, after a sync.
     fn preallocate(&mut self, len: u64) -> io::Result<()>;
+    /// A handle that syncs this file from another thread.
+    fn sync_handle(&self) -> io::Result<Self::Sync>;
 }
 
 /// The file system operations of the storage layer. Paths are plain; directories are created
@@ -70,7 +81,23 @@ pub struct RealFile {
     len: u64,
 }
 
+/// Syncs a [`RealFile`] through a duplicate of its descriptor.
+#[derive(Clone, Debug)]
+pub struct RealFileSync(Arc<std::fs::File>);
+
+impl FileSync for RealFileSync {
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
 impl VfsFile for RealFile {
+    type Sync = RealFileSync;
+
+    fn sync_handle(&self) -> io::Result<RealFileSync> {
+        Ok(RealFileSync(Arc::new(self.file.try_clone()?)))
+    }
+
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.pos += bytes.len() as u64;
@@ -302,14 +329,31 @@ fn not_found() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "no such file")
 }
 
-/// An appendable file on a [`SimVfs`].
-#[derive(Debug)]
+/// An appendable file on a [`SimVfs`] (a clone is its [`FileSync`] handle).
+#[derive(Clone, Debug)]
 pub struct SimFile {
     vfs: SimVfs,
     inode: u64,
 }
 
+impl FileSync for SimFile {
+    fn sync(&self) -> io::Result<()> {
+        let mut d = self.vfs.lock();
+        d.syncs += 1;
+        let inode = d.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
+        inode.synced_len = inode.data.len();
+        inode.synced_end = inode.len();
+        Ok(())
+    }
+}
+
 impl VfsFile for SimFile {
+    type Sync = SimFile;
+
+    fn sync_handle(&self) -> io::Result<SimFile> {
+        Ok(self.clone())
+    }
+
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut d = self.vfs.lock();
         let inode = d.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
@@ -319,12 +363,7 @@ impl VfsFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let mut d = self.vfs.lock();
-        d.syncs += 1;
-        let inode = d.inodes.get_mut(&self.inode).ok_or_else(not_found)?;
-        inode.synced_len = inode.data.len();
-        inode.synced_end = inode.len();
-        Ok(())
+        FileSync::sync(&*self)
     }
 
     fn preallocate(&mut self, len: u64) -> io::Result<()> {

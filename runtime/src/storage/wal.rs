@@ -169,6 +169,8 @@ pub struct Wal<V: Vfs> {
     last_snapshot: Option<(LogIndex, Term)>,
     /// Bytes were written to the active segment since its last fsync.
     unsynced: bool,
+    /// The active segment's handle for syncs on another thread (made on first use).
+    sync_handle: Option<<V::File as VfsFile>::Sync>,
     syncs: u64,
 }
 
@@ -310,6 +312,7 @@ impl<V: Vfs> Wal<V> {
             last_hard_state: state.hard_state,
             last_snapshot: state.snapshot,
             unsynced: false,
+            sync_handle: None,
             syncs: 0,
         };
         if fresh {
@@ -372,6 +375,28 @@ impl<V: Vfs> Wal<V> {
         Ok(())
     }
 
+    /// Writes every buffered record and returns a handle whose sync makes them durable, to be
+    /// called on another thread (`None`: nothing to sync). The caller must report them durable
+    /// only after that sync returns, and must call [`Wal::sync`] (which rotates a full
+    /// segment) only once every such sync has returned.
+    pub fn flush_for_sync(&mut self) -> Result<Option<<V::File as VfsFile>::Sync>, StorageError> {
+        self.flush()?;
+        if !self.unsynced {
+            return Ok(None);
+        }
+        if self.sync_handle.is_none() {
+            self.sync_handle = Some(self.active.sync_handle().map_err(StorageError::io("open a WAL sync handle"))?);
+        }
+        self.unsynced = false;
+        self.syncs += 1;
+        Ok(self.sync_handle.clone())
+    }
+
+    /// True when the active segment is full, so the next [`Wal::sync`] starts a new one.
+    pub fn wants_rotation(&self) -> bool {
+        self.active_bytes >= self.opts.segment_bytes_max
+    }
+
     fn rotate(&mut self) -> Result<(), StorageError> {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         if self.allocated > self.active_bytes {
@@ -392,6 +417,7 @@ impl<V: Vfs> Wal<V> {
         self.vfs.sync_dir(&self.dir).map_err(StorageError::io("sync the WAL directory"))?;
         self.segments.push(Segment { seq, max_index: LogIndex(0) });
         self.active = file;
+        self.sync_handle = None;
         self.active_bytes = head.len() as u64;
         self.allocated = self.active_bytes;
         Ok(())
