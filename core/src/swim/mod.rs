@@ -289,6 +289,10 @@ pub struct Swim {
     record_bytes: u64,
     view_hash: u32,
     answered: VecDeque<(NodeId, u64, u32)>,
+    /// Summaries answered lately, by sender, so one peer gets at most one bucket exchange per
+    /// half `sync_gap` (an honest one asks at most once per gap): a 350-byte summary can cost
+    /// a whole state, and an unbounded answer rate would be an amplifier.
+    summaries_answered: VecDeque<(NodeId, Instant)>,
     joined: bool,
     next_join: Option<Instant>,
     join_backoff: Duration,
@@ -357,6 +361,7 @@ impl Swim {
             record_bytes: 32,
             view_hash: 0,
             answered: VecDeque::new(),
+            summaries_answered: VecDeque::new(),
             joined: false,
             next_join,
             join_backoff,
@@ -646,8 +651,8 @@ impl Swim {
 
     /// A peer whose digest differs sent its bucket hashes: the buckets that differ are
     /// exchanged, this member's records first (the peer answers with its own for the same
-    /// buckets), if the budget allows. Only the differing buckets travel, so the cost of a
-    /// repair follows the size of the difference, not of the membership.
+    /// buckets). Only the differing buckets travel, so the cost of a repair follows the size
+    /// of the difference, not of the membership.
     fn on_summary(&mut self, now: Instant, sender: NodeId, from: Addr, theirs: &[u32]) {
         if !self.members.get(sender).is_some_and(Record::is_live) {
             return;
@@ -657,10 +662,17 @@ impl Swim {
         if buckets == 0 {
             return;
         }
+        let half_gap = self.cfg.sync_gap / 2;
+        while self.summaries_answered.front().is_some_and(|(_, t)| now >= t.saturating_add(half_gap)) {
+            self.summaries_answered.pop_front();
+        }
+        if self.summaries_answered.iter().any(|(s, _)| *s == sender) || self.summaries_answered.len() >= ANSWERED_MAX {
+            return;
+        }
+        self.summaries_answered.push_back((sender, now));
         // Answered whatever this member's budget: the asker pays (see `charge_bucket_sync`), as
         // the one that wants the repair; a responder paying would refuse the members that need
         // it most (every joiner asks the few that know everyone).
-        let _ = now;
         self.stats.push_pulls += 1;
         self.stats.digest_syncs += 1;
         let seq = self.next_seq();

@@ -571,6 +571,19 @@ fn a_summary_is_answered_with_exactly_the_differing_buckets_and_so_is_that_reque
     )
     .unwrap();
     assert_eq!(sent_state(&mut s), vec![(true, 1 << b, want)]);
+    // The same peer again within half the sync gap is not answered (an amplifier otherwise);
+    // after it, it is.
+    let again = |s: &mut Swim, at: u64| {
+        let mut buckets = s.bucket_hashes.to_vec();
+        buckets[b] ^= 1;
+        let p = Packet { gen: 1, digest: s.digest(), body: Body::Summary { seq: 5, buckets }, gossip: vec![] };
+        s.handle_packet(Instant::from_nanos(at), addr(1), &crate::wire::encode(CLUSTER, id(1), &p, 1400).unwrap())
+            .unwrap();
+    };
+    again(&mut s, 1_500_000_000);
+    assert!(sent_state(&mut s).is_empty(), "asked again 0.5 s later: refused");
+    again(&mut s, 2_100_000_000);
+    assert_eq!(sent_state(&mut s).len(), 1, "1.1 s after the first: answered");
     // Equal hashes ask for nothing.
     let p = Packet {
         gen: 1,
