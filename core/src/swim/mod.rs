@@ -197,8 +197,11 @@ pub struct Stats {
     pub push_pulls: u64,
     /// Of those, the bucket exchanges started in answer to a peer's [`Body::Summary`].
     pub digest_syncs: u64,
-    /// Summaries sent because a peer's view digest kept differing.
+    /// Summaries sent: because a peer's view digest kept differing, or periodically.
     pub summaries: u64,
+    /// Periodic anti-entropy rounds with a live member (a summary, or every eighth a whole
+    /// state).
+    pub periodic_syncs: u64,
     /// Stale suspicions answered with the refutation this member held.
     pub corrections: u64,
     /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
@@ -247,6 +250,9 @@ const GOSSIP_SLACK: usize = 4;
 const SYNC_NEWS_WORTH: u64 = 16;
 /// Corrections of stale suspicions sent back for one received packet.
 const CORRECTIONS_MAX: usize = 4;
+/// One periodic anti-entropy round in this many exchanges whole states; the others send a
+/// summary.
+const FULL_EXCHANGE_EVERY: u32 = 8;
 /// What a [`Body::Summary`] costs the sync budget: its encoded size, about 5 bytes a bucket.
 const SUMMARY_BYTES: u64 = 5 * SYNC_BUCKETS as u64 + 32;
 
@@ -289,6 +295,8 @@ pub struct Swim {
     record_bytes: u64,
     view_hash: u32,
     answered: VecDeque<(NodeId, u64, u32)>,
+    /// Periodic anti-entropy rounds so far (every `FULL_EXCHANGE_EVERY`-th is a whole state).
+    periodic_rounds: u32,
     /// Summaries answered lately, by sender, so one peer gets at most one bucket exchange per
     /// half `sync_gap` (an honest one asks at most once per gap): a 350-byte summary can cost
     /// a whole state, and an unbounded answer rate would be an amplifier.
@@ -361,6 +369,7 @@ impl Swim {
             record_bytes: 32,
             view_hash: 0,
             answered: VecDeque::new(),
+            periodic_rounds: 0,
             summaries_answered: VecDeque::new(),
             joined: false,
             next_join,
@@ -1477,9 +1486,22 @@ impl Machine for Swim {
         }
         // Periodic anti-entropy, plus one attempt to reach a member held down (a healed
         // partition whose sides declared each other down has no other way back).
+        // The periodic exchange with a live member is a summary (about 350 bytes; only the
+        // buckets that differ travel), and a whole state only every `FULL_EXCHANGE_EVERY`
+        // periods, as a backstop for what bucket hashes cannot show (a collision).
         if now >= self.next_push_pull && self.replan_push_pull(now) {
+            self.periodic_rounds = self.periodic_rounds.wrapping_add(1);
             if let Some(&id) = self.random_live(1, &[]).first() {
-                self.push_pull_with(id, false);
+                self.stats.periodic_syncs += 1;
+                if self.periodic_rounds % FULL_EXCHANGE_EVERY == 0 {
+                    self.push_pull_with(id, false);
+                } else if let Some(addr) = self.members.addr_of(id) {
+                    if self.take_sync_budget(now, SUMMARY_BYTES) {
+                        self.stats.summaries += 1;
+                        let seq = self.next_seq();
+                        self.send(addr, Body::Summary { seq, buckets: self.bucket_hashes.to_vec() }, Vec::new());
+                    }
+                }
             }
             let down: Vec<NodeId> = self.members.iter().filter(|r| r.state == State::Down).map(|r| r.id).collect();
             if !down.is_empty() {

@@ -629,13 +629,32 @@ fn records_outside_the_buckets_of_a_state_chunk_are_rejected() {
 }
 
 #[test]
+fn periodic_anti_entropy_sends_summaries_and_a_whole_state_one_round_in_eight() {
+    let mut net = Net::converged(10);
+    net.sent.clear();
+    let start: u64 = (0..10).map(|i| net.node(i).stats().periodic_syncs).sum();
+    net.run_for(Duration::from_secs(600));
+    let rounds = (0..10).map(|i| net.node(i).stats().periodic_syncs).sum::<u64>() - start;
+    let summaries = net.sent.iter().filter(|(_, _, p)| matches!(p.body, Body::Summary { .. })).count() as u64;
+    let whole = net
+        .sent
+        .iter()
+        .filter(|(_, _, p)| {
+            matches!(p.body, Body::PushPull { reply: false, join: false, buckets: u64::MAX, part: 0, .. })
+        })
+        .count() as u64;
+    assert!((150..=250).contains(&rounds), "one round per 30 s per member over 600 s: {rounds}");
+    assert!(summaries + whole >= rounds, "every round sent something: {summaries} + {whole} < {rounds}");
+    assert!(whole * 5 <= rounds && whole * 12 >= rounds, "about one round in 8 is whole: {whole} of {rounds}");
+}
+
+#[test]
 fn a_member_planned_in_a_small_cluster_puts_its_exchange_off_when_the_cluster_grew() {
     // 40 members: the push-pull period is 30 s per 32 members, 60 s; each member planned its
     // first exchange within 30-60 s while it was alone.
     let n = 40;
     let mut net = Net::converged(n);
-    let periodic =
-        |net: &Net| -> u64 { (0..n).map(|i| net.node(i).stats().push_pulls - net.node(i).stats().digest_syncs).sum() };
+    let periodic = |net: &Net| -> u64 { (0..n).map(|i| net.node(i).stats().periodic_syncs).sum() };
     let start = periodic(&net);
     net.run_for(Duration::from_secs(40));
     let early = periodic(&net) - start;
