@@ -46,9 +46,11 @@ pub struct Config {
     /// Most updates waiting to be gossiped; past that the most-sent, oldest is dropped (push-pull
     /// repairs what gossip drops). Only a join storm or a healed partition fills it.
     pub gossip_queue_max: usize,
-    /// Time between periodic full-state exchanges (push-pull) with one random member, for
-    /// clusters up to 32 members; larger clusters stretch it in proportion to `n / 32`, so the
-    /// bytes each member sends per second stay constant as the cluster grows.
+    /// Time between periodic anti-entropy rounds with one random member, for clusters up to
+    /// 32 members; larger clusters stretch it in proportion to `n / 32`. A round sends a
+    /// summary of the view's sync buckets (only differing buckets are exchanged), and one
+    /// round in eight the whole state, so the bytes each member sends per second stay small
+    /// and constant as the cluster grows.
     pub push_pull_interval: Duration,
     /// Shortest time between two repairs asked for because a peer's view digest differed
     /// (and how long an incarnation-only difference must last first, unless this member

@@ -3,7 +3,7 @@
 //! One [`Swim`] runs on every member. It probes one member per round in a shuffled
 //! round-robin order, asks `k` others to probe indirectly when the direct probe goes
 //! unanswered, suspects members that fail a round, and declares them down when the suspicion
-//! is not refuted in time. Updates ride piggybacked on every packet, and periodic full-state
+//! is not refuted in time. Updates ride piggybacked on every packet, and periodic state
 //! exchanges (push-pull) repair whatever gossip missed.
 //!
 //! Lifeguard:
@@ -29,8 +29,9 @@
 //!   (at once while this member suspects someone: the difference may be a missed refutation)
 //!   gets a [`Body::Summary`] of the bucket hashes and starts an exchange of the differing
 //!   buckets only, so a repair costs what the difference holds, not the whole membership;
-//!   those repairs spend a byte budget ([`Config::sync_bytes_per_s`]), and the periodic full
-//!   exchange stretches with the cluster, so anti-entropy costs each member the same whatever n.
+//!   those repairs spend a byte budget ([`Config::sync_bytes_per_s`]). The periodic round is
+//!   a summary too, with a whole state one round in eight as a backstop, and it stretches with
+//!   the cluster, so anti-entropy costs each member little and the same whatever n.
 //!
 //! The machine owns its encoding: [`Swim::handle_packet`] takes raw datagrams and
 //! [`Action::Send`] carries ready ones, so every packet, in or out, is checked against
