@@ -634,9 +634,7 @@ impl Swim {
             if persistent && rested && self.take_sync_budget(now, SUMMARY_BYTES) {
                 self.last_sync = Some(now);
                 self.mismatch_since = None;
-                self.stats.summaries += 1;
-                let seq = self.next_seq();
-                self.send(from, Body::Summary { seq, buckets: self.bucket_hashes.to_vec() }, Vec::new());
+                self.send_summary(from);
             }
         }
         Ok(())
@@ -687,6 +685,14 @@ impl Swim {
         self.stats.digest_syncs += 1;
         let seq = self.next_seq();
         self.send_state(from, seq, false, false, buckets);
+    }
+
+    /// Sends this member's bucket hashes to `to`, asking it to exchange the buckets that differ
+    /// (the caller has charged the budget).
+    fn send_summary(&mut self, to: Addr) {
+        self.stats.summaries += 1;
+        let seq = self.next_seq();
+        self.send(to, Body::Summary { seq, buckets: self.bucket_hashes.to_vec() }, Vec::new());
     }
 
     /// Charges the budget for a bucket exchange this member asked for with a summary, at its
@@ -1498,9 +1504,7 @@ impl Machine for Swim {
                     self.push_pull_with(id, false);
                 } else if let Some(addr) = self.members.addr_of(id) {
                     if self.take_sync_budget(now, SUMMARY_BYTES) {
-                        self.stats.summaries += 1;
-                        let seq = self.next_seq();
-                        self.send(addr, Body::Summary { seq, buckets: self.bucket_hashes.to_vec() }, Vec::new());
+                        self.send_summary(addr);
                     }
                 }
             }
