@@ -298,6 +298,9 @@ pub struct Swim {
     answered: VecDeque<(NodeId, u64, u32)>,
     /// Periodic anti-entropy rounds so far (every `FULL_EXCHANGE_EVERY`-th is a whole state).
     periodic_rounds: u32,
+    /// The last ping sent to a member held down, `(seq, id)`: its ack (the member is
+    /// reachable again) starts a whole-state exchange with it.
+    reconnect: Option<(u32, NodeId)>,
     /// Summaries answered lately, by sender, so one peer gets at most one bucket exchange per
     /// half `sync_gap` (an honest one asks at most once per gap): a 350-byte summary can cost
     /// a whole state, and an unbounded answer rate would be an amplifier.
@@ -371,6 +374,7 @@ impl Swim {
             view_hash: 0,
             answered: VecDeque::new(),
             periodic_rounds: 0,
+            reconnect: None,
             summaries_answered: VecDeque::new(),
             joined: false,
             next_join,
@@ -750,6 +754,11 @@ impl Swim {
                 p.acked = true;
                 p.direct_ack = p.waves == 0;
             }
+            return;
+        }
+        if let Some((_, id)) = self.reconnect.filter(|(s, _)| *s == seq) {
+            self.reconnect = None;
+            self.push_pull_with(id, false);
             return;
         }
         if let Some(ind) = self.indirect.remove(&seq) {
@@ -1378,6 +1387,13 @@ impl Swim {
         }
     }
 
+    fn reconnect_ping(&mut self, id: NodeId) {
+        let Some(addr) = self.members.addr_of(id) else { return };
+        let seq = self.next_seq();
+        self.reconnect = Some((seq, id));
+        self.send(addr, Body::Ping { seq, target: id }, Vec::new());
+    }
+
     fn push_pull_with(&mut self, id: NodeId, join: bool) {
         let Some(addr) = self.members.addr_of(id) else { return };
         self.stats.push_pulls += 1;
@@ -1508,10 +1524,13 @@ impl Machine for Swim {
                     }
                 }
             }
+            // A ping first, and the whole state only once it is answered: a member held down
+            // is almost always dead, and a whole state sent into the void costs O(n) each
+            // period, where a ping costs the same in any cluster.
             let down: Vec<NodeId> = self.members.iter().filter(|r| r.state == State::Down).map(|r| r.id).collect();
             if !down.is_empty() {
                 let id = down[self.rng.next_u64() as usize % down.len()];
-                self.push_pull_with(id, false);
+                self.reconnect_ping(id);
             }
         }
         // Joining, and rejoining when every other member is gone.

@@ -435,6 +435,40 @@ fn a_healed_partition_converges_without_gossip_finding_it() {
     }
 }
 
+#[test]
+fn a_member_held_down_is_pinged_and_gets_a_whole_state_only_once_it_answers() {
+    let mut net = Net::converged(6);
+    // Member 5 is cut off until everyone holds it down.
+    for x in 0..5 {
+        net.cut.insert((x, 5));
+        net.cut.insert((5, x));
+    }
+    net.run_for(Duration::from_secs(60));
+    assert!((0..5).all(|o| net.state(o, 5) == Some(State::Down)));
+    net.sent.clear();
+    net.run_for(Duration::from_secs(300));
+    let to_5 = |net: &Net, f: &dyn Fn(&Body) -> bool| {
+        net.sent.iter().filter(|(from, to, p)| *from < 5 && *to == 5 && f(&p.body)).count()
+    };
+    let pings = to_5(&net, &|b| matches!(b, Body::Ping { .. }));
+    let states = to_5(&net, &|b| matches!(b, Body::PushPull { .. }));
+    assert!(pings >= 20, "each of 5 members pings the member it holds down every 30 s: {pings}");
+    assert_eq!(states, 0, "no whole state goes to an unreachable member");
+    // Reachable again: the first answered ping brings a whole-state exchange, and 5 is back.
+    net.cut.clear();
+    net.sent.clear();
+    net.run_for(Duration::from_secs(40));
+    let exchanges = net
+        .sent
+        .iter()
+        .filter(|(from, to, p)| {
+            (*from == 5 || *to == 5) && matches!(p.body, Body::PushPull { reply: false, buckets: u64::MAX, .. })
+        })
+        .count();
+    assert!(exchanges >= 1, "an answered ping starts a whole-state exchange");
+    assert!((0..6).all(|o| net.node(o).live_members() == 6), "everyone sees all six again");
+}
+
 /// A member that knows 200 others and has sent one full state (so it knows what a record
 /// costs).
 fn member_of_201(sync_bytes_per_s: u32) -> Swim {
