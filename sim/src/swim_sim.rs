@@ -309,9 +309,8 @@ pub fn run(cfg: SwimSimConfig) -> SwimReport {
 impl World {
     fn detect_bound_ns(&self) -> u64 {
         let c = (self.cfg.swim)(NodeId(1), addr_of(0));
-        let n = self.cfg.members.max(1) as f64;
-        let min = c.probe_interval.as_nanos() as f64 * f64::from(c.suspicion_mult) * n.log10().max(1.0);
-        (min * f64::from(c.suspicion_max_mult)) as u64 + 10 * c.probe_interval.as_nanos() as u64
+        let (_, max, _) = c.suspicion_bounds(self.cfg.members.max(1));
+        max.as_nanos() as u64 + 10 * c.probe_interval.as_nanos() as u64
     }
 
     fn plan_faults(&mut self) {
@@ -326,7 +325,8 @@ impl World {
         // Crashes: about one per minute per 100 members, at least two; each restarts later
         // (after its detection was checked) with a new generation, or with the same one half of
         // the time, as a host without a persisted counter would, to exercise renewal.
-        let crashes = (span / (60 * SEC) * (n as u64).div_ceil(100)).clamp(2, (n as u64) / 4);
+        let most = (n as u64) / 4;
+        let crashes = (span / (60 * SEC) * (n as u64).div_ceil(100)).clamp(2.min(most), most);
         let mut crashed = std::collections::BTreeSet::new();
         for _ in 0..crashes {
             let i = 1 + self.rng.next_u64() as usize % (n - 1);

@@ -33,10 +33,20 @@ pub struct Config {
     /// hear about, at no cost on a healthy network. 1 is classic SWIM.
     pub indirect_waves: u32,
     /// Suspicion timeout at full confirmation: `suspicion_mult · max(1, log10 n) · probe_interval`.
-    /// Also sets the confirmations expected: `suspicion_mult - 2`.
+    /// Lifeguard reaches it only after `suspicion_confirmations` independent suspicions, so it
+    /// can be shorter than classic SWIM's fixed timeout at the same accuracy: 3 here, where
+    /// memberlist and foca wait 4 (a member that stops answering for longer than this, and
+    /// is confirmed, is declared down and renews its identity when it wakes).
     pub suspicion_mult: u32,
     /// The unconfirmed suspicion timeout is this many times the confirmed one (Lifeguard).
     pub suspicion_max_mult: u32,
+    /// The confirmed suspicion timeout is never shorter than this many probe intervals, so a
+    /// member of a small cluster that stalls for a few seconds (CPU starvation, a pause) is
+    /// still there to refute when it wakes.
+    pub suspicion_floor: u32,
+    /// Independent suspicions (other members' failed probes) that bring the timeout down to
+    /// its confirmed value, logarithmically (Lifeguard's K).
+    pub suspicion_confirmations: u32,
     /// Each gossip update is sent about `retransmit_mult · ⌈log10(n + 1)⌉` times (λ).
     pub retransmit_mult: u32,
     /// Time between two gossip-only rounds.
@@ -90,7 +100,7 @@ pub enum ConfigError {
 
 impl Config {
     /// LAN defaults: probe every 1 s with a 500 ms timeout, 3 indirect probes, suspicion between
-    /// 4·log10(n) and 24·log10(n) probe intervals, gossip to 3 members every 200 ms, push-pull
+    /// max(4, 3·log10(n)) probe intervals and 8 times that, gossip to 3 members every 200 ms, push-pull
     /// every 30 s, 1,400-byte packets.
     pub fn lan(id: NodeId, cluster_id: u64, addr: Addr) -> Config {
         Config {
@@ -103,8 +113,10 @@ impl Config {
             probe_timeout: Duration::from_millis(500),
             indirect_probes: 3,
             indirect_waves: 3,
-            suspicion_mult: 4,
-            suspicion_max_mult: 6,
+            suspicion_mult: 3,
+            suspicion_max_mult: 8,
+            suspicion_floor: 4,
+            suspicion_confirmations: 2,
             retransmit_mult: 4,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
@@ -119,6 +131,21 @@ impl Config {
             join_retry_min: Duration::from_millis(500),
             join_retry_max: Duration::from_secs(30),
         }
+    }
+
+    /// Lifeguard's suspicion timeouts in a cluster where `live` members are alive or suspect:
+    /// `(min, max, k)`, the timeout once `k` independent suspicions confirmed it, the
+    /// timeout without any, and `k` (0 where too few members could confirm).
+    pub fn suspicion_bounds(&self, live: usize) -> (Duration, Duration, u32) {
+        let scale = libm::log10(live as f64).max(1.0);
+        let probes = (f64::from(self.suspicion_mult) * scale).max(f64::from(self.suspicion_floor));
+        let min = self.probe_interval.as_nanos() as f64 * probes;
+        let max = min * f64::from(self.suspicion_max_mult);
+        let mut k = self.suspicion_confirmations;
+        if (live as u64).saturating_sub(2) < u64::from(k) {
+            k = 0;
+        }
+        (Duration::from_nanos(min as u64), Duration::from_nanos(max as u64), k)
     }
 
     /// Checks every field; the error names the first bad one.
@@ -140,10 +167,13 @@ impl Config {
             return bad("indirect_waves", "must be between 1 and 4 (3 is usual)");
         }
         if self.suspicion_mult < 1 {
-            return bad("suspicion_mult", "must be at least 1 (4 is usual)");
+            return bad("suspicion_mult", "must be at least 1 (3 is usual)");
         }
         if self.suspicion_max_mult < 1 {
-            return bad("suspicion_max_mult", "must be at least 1 (6 is usual)");
+            return bad("suspicion_max_mult", "must be at least 1 (8 is usual)");
+        }
+        if self.suspicion_confirmations > 16 {
+            return bad("suspicion_confirmations", "must be at most 16 (2 is usual)");
         }
         if self.retransmit_mult < 1 {
             return bad("retransmit_mult", "must be at least 1 (4 is usual)");

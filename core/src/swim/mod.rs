@@ -1039,15 +1039,8 @@ impl Swim {
     /// `(min, max, k)`: the timeout with every expected confirmation, without any, and how
     /// many confirmations are expected.
     fn suspicion_bounds(&self) -> (f64, f64, u32) {
-        let n = self.live as f64;
-        let scale = libm::log10(n).max(1.0);
-        let min = self.cfg.probe_interval.as_nanos() as f64 * f64::from(self.cfg.suspicion_mult) * scale;
-        let max = min * f64::from(self.cfg.suspicion_max_mult);
-        let mut k = self.cfg.suspicion_mult.saturating_sub(2);
-        if (self.live as u64).saturating_sub(2) < u64::from(k) {
-            k = 0;
-        }
-        (min, max, k)
+        let (min, max, k) = self.cfg.suspicion_bounds(self.live);
+        (min.as_nanos() as f64, max.as_nanos() as f64, k)
     }
 
     fn suspicion_timeout(&self, confirmations: usize) -> Duration {

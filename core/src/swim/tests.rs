@@ -145,13 +145,42 @@ fn lifeguard_suspicion_timeout_starts_long_and_shrinks_with_confirmations() {
     let s = net.node(0);
     let (min, max, k) = s.suspicion_bounds();
     assert_eq!(k, 2);
-    assert_eq!(min as u64, 4_000_000_000, "4 · log10(10) · 1 s");
-    assert_eq!(max as u64, 24_000_000_000);
-    assert_eq!(s.suspicion_timeout(0), Duration::from_secs(24));
+    assert_eq!(min as u64, 4_000_000_000, "max(4, 3 · log10(10)) · 1 s: the floor");
+    assert_eq!(max as u64, 32_000_000_000);
+    assert_eq!(s.suspicion_timeout(0), Duration::from_secs(32));
     let one = s.suspicion_timeout(1);
-    assert!(one < Duration::from_secs(24) && one > Duration::from_secs(4), "{one:?}");
+    assert!(one < Duration::from_secs(32) && one > Duration::from_secs(4), "{one:?}");
     assert_eq!(s.suspicion_timeout(2), Duration::from_secs(4));
     assert_eq!(s.suspicion_timeout(5), Duration::from_secs(4), "never below min");
+}
+
+#[test]
+fn lifeguard_confirmed_timeout_grows_with_log_n_above_its_floor() {
+    let c = config(0);
+    let secs = |live| {
+        let (min, max, k) = c.suspicion_bounds(live);
+        (min.as_millis(), max.as_millis(), k)
+    };
+    assert_eq!(secs(3), (4_000, 32_000, 0), "too few members to confirm anything");
+    assert_eq!(secs(10), (4_000, 32_000, 2));
+    assert_eq!(secs(100), (6_000, 48_000, 2), "3 · log10(100)");
+    assert_eq!(secs(1000), (9_000, 72_000, 2), "3 · log10(1000)");
+}
+
+#[test]
+fn lifeguard_confirmations_expected_are_a_setting_of_their_own() {
+    let mut net = Net::with(10, |i| {
+        let mut c = config(i);
+        c.suspicion_confirmations = 4;
+        c
+    });
+    net.run_for(Duration::from_secs(20));
+    let s = net.node(0);
+    assert_eq!(s.live_members(), 10);
+    let (_, _, k) = s.suspicion_bounds();
+    assert_eq!(k, 4);
+    assert!(s.suspicion_timeout(2) > s.suspicion_timeout(4), "two of four confirmations do not reach min");
+    assert_eq!(s.suspicion_timeout(4), Duration::from_secs(4));
 }
 
 #[test]
@@ -162,7 +191,7 @@ fn lifeguard_independent_suspecters_shorten_the_timer() {
     let suspected = net.events.iter().find(|(_, _, e)| *e == Event::Suspect(id(9))).map(|(t, _, _)| *t).unwrap();
     let down = net.events.iter().find(|(_, _, e)| *e == Event::Down(id(9))).map(|(t, _, _)| *t).unwrap();
     let took = down.saturating_duration_since(suspected);
-    assert!(took < Duration::from_secs(24), "confirmations cut the 24 s timer, took {took:?}");
+    assert!(took < Duration::from_secs(32), "confirmations cut the 32 s timer, took {took:?}");
 }
 
 #[test]
