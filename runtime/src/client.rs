@@ -289,7 +289,10 @@ pub(crate) fn value_of(reply: Reply) -> Result<Option<Vec<u8>>, ClientError> {
     }
 }
 
-pub(crate) fn listed(reply: Reply) -> Result<(Vec<(String, Vec<u8>)>, bool), ClientError> {
+/// Pairs listed, and whether more follow.
+type Listing = (Vec<(String, Vec<u8>)>, bool);
+
+pub(crate) fn listed(reply: Reply) -> Result<Listing, ClientError> {
     match reply {
         Reply::Listed { items, more } => Ok((items, more)),
         other => Err(refusal(other)),
