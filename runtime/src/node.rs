@@ -11,10 +11,13 @@
 //!   in Raft's action order, so they never wait;
 //! - `Apply` runs the metadata map and answers the clients waiting on those entries;
 //! - when a batch is durable, Raft hears of it (`handle_persisted`) and the sends held behind
-//!   it go out, in order.
+//!   it go out, in order;
+//! - answers to clients made during the turn are collected by address and leave at its end,
+//!   several to a datagram ([`crate::protocol::pack`]); like before they wait for no storage
+//!   batch, since a write is answered only once it applied, after the leader's copy is durable.
 //!
-//! Client writes that arrive together are proposed as one batch, so one append and one fsync
-//! carry many of them.
+//! Client writes that arrive together (in one burst, or in one batch datagram) are proposed as
+//! one batch, so one append and one fsync carry many of them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
