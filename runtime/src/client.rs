@@ -14,7 +14,7 @@ use std::time::Duration;
 use quorate_core::raft::LogIndex;
 use quorate_core::{wire, NodeId};
 
-use crate::protocol::{AdminOp, NodeStatus, Op, Reply, Request, Response, WriteOp};
+use crate::protocol::{AdminOp, Batch, NodeStatus, Op, Reply, Request, Response, WriteOp};
 use crate::sys::{self, Clock, UdpSocket};
 use crate::transport::{ClusterKey, Kind, Transport, TransportLimits};
 
@@ -33,6 +33,13 @@ pub enum ClientError {
     /// An answer of an unexpected kind.
     #[error("unexpected reply: {0:?}")]
     Unexpected(Box<Reply>),
+    /// A [`crate::mux::MuxClient`] session was asked for with id 0 (reserved) or an id that
+    /// already has a live session on that socket.
+    #[error("client id {0} is reserved or already has a session on this socket")]
+    ClientIdInUse(u64),
+    /// The task driving a [`crate::mux::MuxClient`]'s socket has ended.
+    #[error("the multiplexed client's socket task has ended")]
+    Closed,
 }
 
 /// A connection-less client bound to one local UDP socket.
@@ -157,32 +164,27 @@ impl Client {
                 Err(_) => return Ok(None),
             };
             let now = self.clock.now();
-            let Ok(Some((Kind::ClientResponse, body))) = self.transport.open(now, from, &datagram) else { continue };
-            let Ok(env) = wire::decode::<Response>(&body, self.cluster_id, usize::MAX) else { continue };
-            let r = env.body;
-            if r.client_id == self.client_id && r.seq == self.seq {
-                if !matches!(r.reply, Reply::NotLeader { .. } | Reply::Retry(_)) {
-                    self.leader.get_or_insert(from);
+            let Ok(Some((kind, body))) = self.transport.open(now, from, &datagram) else { continue };
+            // A node may coalesce answers to this address (say, to a request and its retry).
+            for r in decode_responses(kind, &body, self.cluster_id) {
+                if r.client_id == self.client_id && r.seq == self.seq {
+                    if !matches!(r.reply, Reply::NotLeader { .. } | Reply::Retry(_)) {
+                        self.leader.get_or_insert(from);
+                    }
+                    return Ok(Some(r.reply));
                 }
-                return Ok(Some(r.reply));
             }
         }
     }
 
     /// Sets `key` to `value`; returns the log index it was applied at.
     pub async fn put(&mut self, key: &str, value: &[u8]) -> Result<LogIndex, ClientError> {
-        match self.request(Op::Write(WriteOp::Put { key: key.into(), value: value.to_vec() })).await? {
-            Reply::Written { index, .. } => Ok(index),
-            other => Err(refusal(other)),
-        }
+        written_index(self.request(put_op(key, value)).await?)
     }
 
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
-        match self.request(Op::Write(WriteOp::Delete { key: key.into() })).await? {
-            Reply::Written { existed, .. } => Ok(existed),
-            other => Err(refusal(other)),
-        }
+        written_existed(self.request(Op::Write(WriteOp::Delete { key: key.into() })).await?)
     }
 
     /// Compare-and-swap; returns whether it swapped and what the key held.
@@ -192,20 +194,12 @@ impl Client {
         expected: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Result<(bool, Option<Vec<u8>>), ClientError> {
-        let op =
-            WriteOp::Cas { key: key.into(), expected: expected.map(<[u8]>::to_vec), value: value.map(<[u8]>::to_vec) };
-        match self.request(Op::Write(op)).await? {
-            Reply::Cas { swapped, current, .. } => Ok((swapped, current)),
-            other => Err(refusal(other)),
-        }
+        cas_outcome(self.request(cas_op(key, expected, value)).await?)
     }
 
     /// Reads `key` linearizably.
     pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        match self.request(Op::Get { key: key.into() }).await? {
-            Reply::Value(v) => Ok(v),
-            other => Err(refusal(other)),
-        }
+        value_of(self.request(Op::Get { key: key.into() }).await?)
     }
 
     /// Lists up to `limit` pairs under `prefix`, after `start_after`; and whether more follow.
@@ -215,11 +209,7 @@ impl Client {
         start_after: Option<&str>,
         limit: u32,
     ) -> Result<(Vec<(String, Vec<u8>)>, bool), ClientError> {
-        let op = Op::List { prefix: prefix.into(), start_after: start_after.map(str::to_string), limit };
-        match self.request(op).await? {
-            Reply::Listed { items, more } => Ok((items, more)),
-            other => Err(refusal(other)),
-        }
+        listed(self.request(list_op(prefix, start_after, limit)).await?)
     }
 
     /// Sends `op` to `node` only (no redirects to other nodes), retrying until it answers.
@@ -232,18 +222,94 @@ impl Client {
 
     /// The status of the node at `node` (asks that node, not the leader).
     pub async fn status_of(&mut self, node: SocketAddr) -> Result<NodeStatus, ClientError> {
-        match self.request_to(node, Op::Admin(AdminOp::Status)).await? {
-            Reply::Status(s) => Ok(*s),
-            other => Err(refusal(other)),
-        }
+        status(self.request_to(node, Op::Admin(AdminOp::Status)).await?)
     }
 
     /// An admin operation; returns the operator's line.
     pub async fn admin(&mut self, op: AdminOp) -> Result<String, ClientError> {
-        match self.request(Op::Admin(op)).await? {
-            Reply::Done(line) => Ok(line),
-            other => Err(refusal(other)),
+        done(self.request(Op::Admin(op)).await?)
+    }
+}
+
+/// The responses a datagram's body carries: one, several (a batch), or none if it is not a
+/// response or does not decode (a client ignores what it cannot use).
+pub(crate) fn decode_responses(kind: Kind, body: &[u8], cluster_id: u64) -> Vec<Response> {
+    match kind {
+        Kind::ClientResponse => {
+            wire::decode::<Response>(body, cluster_id, usize::MAX).map(|env| vec![env.body]).unwrap_or_default()
         }
+        Kind::ClientResponseBatch => {
+            wire::decode::<Batch<Response>>(body, cluster_id, usize::MAX).map(|env| env.body.0).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+pub(crate) fn put_op(key: &str, value: &[u8]) -> Op {
+    Op::Write(WriteOp::Put { key: key.into(), value: value.to_vec() })
+}
+
+pub(crate) fn cas_op(key: &str, expected: Option<&[u8]>, value: Option<&[u8]>) -> Op {
+    Op::Write(WriteOp::Cas {
+        key: key.into(),
+        expected: expected.map(<[u8]>::to_vec),
+        value: value.map(<[u8]>::to_vec),
+    })
+}
+
+pub(crate) fn list_op(prefix: &str, start_after: Option<&str>, limit: u32) -> Op {
+    Op::List { prefix: prefix.into(), start_after: start_after.map(str::to_string), limit }
+}
+
+pub(crate) fn written_index(reply: Reply) -> Result<LogIndex, ClientError> {
+    match reply {
+        Reply::Written { index, .. } => Ok(index),
+        other => Err(refusal(other)),
+    }
+}
+
+pub(crate) fn written_existed(reply: Reply) -> Result<bool, ClientError> {
+    match reply {
+        Reply::Written { existed, .. } => Ok(existed),
+        other => Err(refusal(other)),
+    }
+}
+
+pub(crate) fn cas_outcome(reply: Reply) -> Result<(bool, Option<Vec<u8>>), ClientError> {
+    match reply {
+        Reply::Cas { swapped, current, .. } => Ok((swapped, current)),
+        other => Err(refusal(other)),
+    }
+}
+
+pub(crate) fn value_of(reply: Reply) -> Result<Option<Vec<u8>>, ClientError> {
+    match reply {
+        Reply::Value(v) => Ok(v),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Pairs listed, and whether more follow.
+type Listing = (Vec<(String, Vec<u8>)>, bool);
+
+pub(crate) fn listed(reply: Reply) -> Result<Listing, ClientError> {
+    match reply {
+        Reply::Listed { items, more } => Ok((items, more)),
+        other => Err(refusal(other)),
+    }
+}
+
+pub(crate) fn status(reply: Reply) -> Result<NodeStatus, ClientError> {
+    match reply {
+        Reply::Status(s) => Ok(*s),
+        other => Err(refusal(other)),
+    }
+}
+
+pub(crate) fn done(reply: Reply) -> Result<String, ClientError> {
+    match reply {
+        Reply::Done(line) => Ok(line),
+        other => Err(refusal(other)),
     }
 }
 

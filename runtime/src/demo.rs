@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::config;
+use crate::mux::MuxClient;
 use crate::protocol::NodeStatus;
 use crate::transport::ClusterKey;
 
@@ -165,6 +166,11 @@ impl Cluster {
     /// A client of every node.
     pub async fn client(&self, client_id: u64) -> std::io::Result<Client> {
         Client::new(self.addrs.clone(), self.key.clone(), config::cluster_id(&self.cluster), client_id).await
+    }
+
+    /// A socket for many logical clients of every node.
+    pub async fn mux(&self) -> Result<MuxClient, ClientError> {
+        MuxClient::new(self.addrs.clone(), self.key.clone(), config::cluster_id(&self.cluster)).await
     }
 
     /// Waits until some running node reports a leader that every answering node agrees on.

@@ -9,6 +9,8 @@
 //! - [`node`]: the driving loop (receive, step with `now`, carry out actions in order, persist
 //!   before send), client sessions, admin operations, graceful leave.
 //! - [`client`]: the client library the `quorate` binary, tests and benchmarks use.
+//! - [`mux`]: many logical clients over one socket, their requests and answers coalesced
+//!   into shared datagrams.
 //! - [`sys`]: the only place that touches tokio directly, so the same code runs under madsim.
 //!
 //! # Example
@@ -56,6 +58,7 @@ pub mod config;
 pub mod demo;
 pub mod kv;
 pub mod metrics;
+pub mod mux;
 pub mod node;
 pub mod protocol;
 pub mod storage;

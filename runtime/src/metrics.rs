@@ -39,6 +39,10 @@ pub struct Metrics {
     pub datagrams_received: Counter,
     /// Datagrams dropped, by reason.
     pub datagrams_dropped: Family<Labels, Counter>,
+    /// Datagrams received that carried a batch of client requests.
+    pub request_batches: Counter,
+    /// Datagrams sent that carried a batch of responses.
+    pub response_batches: Counter,
     /// Seconds each group commit (writes plus one fsync) took.
     pub fsync_seconds: Histogram,
     /// Batches covered by each fsync.
@@ -76,6 +80,8 @@ impl Metrics {
             datagrams_sent: Counter::default(),
             datagrams_received: Counter::default(),
             datagrams_dropped: Family::default(),
+            request_batches: Counter::default(),
+            response_batches: Counter::default(),
             fsync_seconds: latency_histogram(),
             fsync_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             request_seconds: Family::new_with_constructor(latency_histogram),
@@ -94,6 +100,12 @@ impl Metrics {
         r.register("datagrams_sent", "Datagrams sent", m.datagrams_sent.clone());
         r.register("datagrams_received", "Datagrams received", m.datagrams_received.clone());
         r.register("datagrams_dropped", "Datagrams dropped before the core, by reason", m.datagrams_dropped.clone());
+        r.register(
+            "client_request_batches",
+            "Datagrams received with several client requests",
+            m.request_batches.clone(),
+        );
+        r.register("client_response_batches", "Datagrams sent with several responses", m.response_batches.clone());
         r.register("wal_fsync_seconds", "Seconds per group commit (writes and one fsync)", m.fsync_seconds.clone());
         r.register("wal_fsync_batches", "Batches covered by one fsync", m.fsync_batches.clone());
         r.register("request_seconds", "Seconds from a client request to its answer", m.request_seconds.clone());

@@ -11,10 +11,13 @@
 //!   in Raft's action order, so they never wait;
 //! - `Apply` runs the metadata map and answers the clients waiting on those entries;
 //! - when a batch is durable, Raft hears of it (`handle_persisted`) and the sends held behind
-//!   it go out, in order.
+//!   it go out, in order;
+//! - answers to clients made during the turn are collected by address and leave at its end,
+//!   several to a datagram ([`crate::protocol::pack`]); like before they wait for no storage
+//!   batch, since a write is answered only once it applied, after the leader's copy is durable.
 //!
-//! Client writes that arrive together are proposed as one batch, so one append and one fsync
-//! carry many of them.
+//! Client writes that arrive together (in one burst, or in one batch datagram) are proposed as
+//! one batch, so one append and one fsync carry many of them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,7 +38,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::NodeConfig;
 use crate::kv::{self, Kv};
 use crate::metrics::Metrics;
-use crate::protocol::{self, AdminOp, MemberStatus, NodeStatus, Op, Reply, Request, Response, WriteOp};
+use crate::protocol::{self, AdminOp, MemberStatus, NodeStatus, Op, Packed, Reply, Request, Response, WriteOp};
 use crate::storage::vfs::{Vfs, VfsFile};
 use crate::storage::{self, Batch, Storage, StorageError, StorageOp, StorageOptions, Synced};
 use crate::sys::{self, Clock, UdpSocket};
@@ -217,6 +220,9 @@ struct Node<V: Vfs> {
     held: VecDeque<(u64, Outgoing)>,
     /// Datagrams free to leave now, in order.
     outbox: Vec<Outgoing>,
+    /// Answers produced in this turn of the loop, by client address: they leave together at
+    /// its end, as few datagrams as fit.
+    answers: BTreeMap<SocketAddr, Vec<Response>>,
     left: bool,
     proposals: Vec<(SocketAddr, Request, WriteOp, Instant)>,
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
@@ -397,6 +403,7 @@ pub async fn run_on<V: Vfs>(
         batch_reports: VecDeque::new(),
         held: VecDeque::new(),
         outbox: Vec::new(),
+        answers: BTreeMap::new(),
         left: false,
         proposals: Vec::new(),
         pending_writes: BTreeMap::new(),
@@ -550,7 +557,20 @@ impl<V: Vfs> Node<V> {
                 Ok(env) => self.on_request(now, from, env.body),
                 Err(e) => self.wire_drop(e),
             },
-            (Kind::ClientResponse, _) | (Kind::Fragment, _) => {
+            // Each request of a batch is served exactly as if it had come alone; a batch that
+            // does not decode (or claims too many requests) is dropped whole.
+            (Kind::ClientRequestBatch, body) => {
+                match wire::decode::<protocol::Batch<Request>>(&body, self.cluster_id, max) {
+                    Ok(env) => {
+                        self.metrics.request_batches.inc();
+                        for req in env.body.0 {
+                            self.on_request(now, from, req);
+                        }
+                    }
+                    Err(e) => self.wire_drop(e),
+                }
+            }
+            (Kind::ClientResponse, _) | (Kind::ClientResponseBatch, _) | (Kind::Fragment, _) => {
                 self.transport.count_drop(DropReason::Refused);
                 self.count_drop(DropReason::Refused);
             }
@@ -707,10 +727,32 @@ impl<V: Vfs> Node<V> {
     ) {
         let seconds = now.saturating_duration_since(received).as_secs_f64();
         self.metrics.request_kinds[kind].observe(seconds);
-        let response = Response { client_id, seq, reply };
-        match wire::encode(self.cluster_id, self.me, &response, usize::MAX) {
-            Ok(body) => self.send_now(to, Kind::ClientResponse, &body),
-            Err(e) => warn!(node = self.me.0, error = %e, "cannot encode a response"),
+        self.answers.entry(to).or_default().push(Response { client_id, seq, reply });
+    }
+
+    /// Seals the answers of this turn: those for one address share datagrams. Answers were
+    /// never held behind storage (a write is answered when it applies, after it is durable),
+    /// and are not now; they only wait for the turn's end.
+    fn seal_answers(&mut self) {
+        if self.answers.is_empty() {
+            return;
+        }
+        let body_max = self.transport.limits().body_bytes_max();
+        for (to, responses) in std::mem::take(&mut self.answers) {
+            match protocol::pack(self.cluster_id, self.me, &responses, body_max) {
+                Ok(bodies) => {
+                    for packed in bodies {
+                        match packed {
+                            Packed::Single(body) => self.send_now(to, Kind::ClientResponse, &body),
+                            Packed::Batch(body) => {
+                                self.metrics.response_batches.inc();
+                                self.send_now(to, Kind::ClientResponseBatch, &body)
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!(node = self.me.0, error = %e, "cannot encode responses"),
+            }
         }
     }
 
@@ -1263,6 +1305,7 @@ impl<V: Vfs> Node<V> {
 
     /// Sends every datagram free to leave, in order.
     async fn flush_held(&mut self) {
+        self.seal_answers();
         if self.outbox.is_empty() {
             return;
         }

@@ -7,7 +7,8 @@
 //! stranger sends reaches the core.
 //!
 //! Bodies are the core's own envelopes (magic, version, cluster id, sender, postcard message):
-//! SWIM packets as the SWIM machine encodes them, Raft messages, client requests and responses.
+//! SWIM packets as the SWIM machine encodes them, Raft messages, client requests and responses
+//! (one per datagram, or several packed into a batch that fits one datagram).
 //! A body too large for one datagram goes as [`Kind::Fragment`] pieces:
 //! `inner kind ‖ message id (u64 LE) ‖ piece index (u16 LE) ‖ piece count (u16 LE) ‖ bytes`,
 //! each piece authenticated on its own, reassembled in bounded buffers that expire.
@@ -45,6 +46,11 @@ pub enum Kind {
     ClientResponse = 4,
     /// One piece of a larger body.
     Fragment = 5,
+    /// Several client requests ([`crate::protocol::Batch`]); never larger than one datagram.
+    ClientRequestBatch = 6,
+    /// Several responses to one client address ([`crate::protocol::Batch`]); never larger than
+    /// one datagram.
+    ClientResponseBatch = 7,
 }
 
 impl Kind {
@@ -55,6 +61,8 @@ impl Kind {
             3 => Kind::ClientRequest,
             4 => Kind::ClientResponse,
             5 => Kind::Fragment,
+            6 => Kind::ClientRequestBatch,
+            7 => Kind::ClientResponseBatch,
             _ => return None,
         })
     }

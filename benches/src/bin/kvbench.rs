@@ -11,7 +11,10 @@
 //!   the next request), 128-byte values by default, every request timed on the monotonic clock;
 //!   the first `--warmup` seconds are not counted. Keys cycle per client, so both stores
 //!   overwrite the same small key set. etcd clients talk to the leader (its best case: a
-//!   follower would forward); Quorate clients find the leader through redirects.
+//!   follower would forward); Quorate clients find the leader through redirects. On both
+//!   sides the clients share `--conns` connections (default `min(clients, 8)`): etcd's
+//!   HTTP/2 connections, Quorate's UDP sockets (sessions of a `MuxClient`, whose requests
+//!   that are ready together share datagrams); each client still waits for its own answer.
 //! - `failover`: one client writes sequentially; the leader is killed with `SIGKILL` and the
 //!   time to the first acknowledged write is measured; the killed node is restarted and allowed
 //!   to catch up before the next of `--trials` kills. Both sides retry with the same per-attempt
@@ -32,6 +35,7 @@ use quorate_benches::etcd::cluster::EtcdCluster;
 use quorate_benches::etcd::grpc::{within, CallError, Connection};
 use quorate_runtime::client::Client;
 use quorate_runtime::demo::Cluster;
+use quorate_runtime::mux::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -40,6 +44,15 @@ use tokio::time::Instant;
 enum Target {
     Quorate,
     Etcd,
+}
+
+/// How Quorate's load clients reach the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum QuorateClient {
+    /// Sessions of a few shared `MuxClient` sockets.
+    Mux,
+    /// One `Client` (and socket) per load client.
+    Single,
 }
 
 /// What load to apply.
@@ -97,10 +110,19 @@ struct Args {
     /// The `etcd` binary.
     #[arg(long, default_value = "etcd")]
     etcd_bin: PathBuf,
-    /// HTTP/2 connections the etcd clients share (default: one per client, at most 8, which
-    /// measured best for etcd: one connection serializes, 64 add per-connection overhead).
+    /// Connections the clients share, on both targets: etcd's clients share HTTP/2
+    /// connections, Quorate's share UDP sockets (a `MuxClient` each). Default: one per
+    /// client, at most 8, which measured best for etcd (one connection serializes, 64 add
+    /// per-connection overhead).
+    #[arg(long)]
+    conns: Option<usize>,
+    /// The same as `--conns`, for etcd only (overrides it there).
     #[arg(long)]
     etcd_conns: Option<usize>,
+    /// Quorate's load clients: logical sessions sharing `--conns` sockets (`mux`), or one
+    /// `Client` and socket each (`single`, as kvbench did before multiplexing).
+    #[arg(long, value_enum, default_value = "mux")]
+    quorate_client: QuorateClient,
     /// Record the leader with `perf record -g` into this file while measuring.
     #[arg(long)]
     perf: Option<PathBuf>,
@@ -150,6 +172,7 @@ enum Servers {
 /// A load client of either store.
 enum KvClient {
     Quorate(Box<Client>),
+    QuorateMux(Box<Session>),
     Etcd(Connection),
 }
 
@@ -157,6 +180,7 @@ impl KvClient {
     async fn put(&mut self, key: &str, value: &[u8]) -> Result<(), String> {
         match self {
             KvClient::Quorate(c) => c.put(key, value).await.map(|_| ()).map_err(|e| e.to_string()),
+            KvClient::QuorateMux(c) => c.put(key, value).await.map(|_| ()).map_err(|e| e.to_string()),
             KvClient::Etcd(c) => c.put(key.as_bytes(), value).await.map(|_| ()).map_err(|e| e.to_string()),
         }
     }
@@ -164,6 +188,7 @@ impl KvClient {
     async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
         match self {
             KvClient::Quorate(c) => c.get(key).await.map_err(|e| e.to_string()),
+            KvClient::QuorateMux(c) => c.get(key).await.map_err(|e| e.to_string()),
             KvClient::Etcd(c) => c
                 .get(key.as_bytes())
                 .await
@@ -292,10 +317,21 @@ impl Servers {
         Err(format!("node {} did not catch up within {within_time:?}", i + 1))
     }
 
-    /// `clients` load clients; etcd's share `conns` connections to the leader.
-    async fn clients(&self, clients: usize, conns: usize, leader: usize) -> Result<Vec<KvClient>, String> {
+    /// `clients` load clients; etcd's share `conns` connections to the leader, Quorate's
+    /// (with `mux`) `conns` sockets, which find the leader through redirects.
+    async fn clients(&self, clients: usize, conns: usize, leader: usize, mux: bool) -> Result<Vec<KvClient>, String> {
         let mut out = Vec::with_capacity(clients);
         match self {
+            Servers::Quorate { cluster, .. } if mux => {
+                let mut shared = Vec::new();
+                for _ in 0..conns.clamp(1, clients) {
+                    shared.push(cluster.mux().await.map_err(|e| e.to_string())?);
+                }
+                for i in 0..clients {
+                    let s = shared[i % shared.len()].session(1000 + i as u64).map_err(|e| e.to_string())?;
+                    out.push(KvClient::QuorateMux(Box::new(s)));
+                }
+            }
             Servers::Quorate { cluster, .. } => {
                 for i in 0..clients {
                     let c = cluster.client(1000 + i as u64).await.map_err(|e| e.to_string())?;
@@ -392,8 +428,11 @@ struct ClientResult {
 
 async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
     let leader = servers.leader().await?;
-    let conns = args.etcd_conns.unwrap_or(args.clients.min(8));
-    let mut clients = servers.clients(args.clients, conns, leader).await?;
+    let conns = args.conns.unwrap_or(args.clients.min(8));
+    let conns = if args.target == Target::Etcd { args.etcd_conns.unwrap_or(conns) } else { conns };
+    let mux = args.quorate_client == QuorateClient::Mux;
+    let mut clients = servers.clients(args.clients, conns, leader, mux).await?;
+    let conns_used = if args.target == Target::Quorate && !mux { args.clients } else { conns.clamp(1, args.clients) };
     let value: Arc<[u8]> = (0..args.value_bytes).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>().into();
     if args.workload == Workload::Get {
         // Every key a reader asks for exists (written once, by its own client, all at once).
@@ -524,7 +563,7 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         println!("kvbench: the load generator: cpu {:.0} ms per 1000 ops", per_kop(ticks_ms(a.saturating_sub(b))));
     }
     println!(
-        "kvbench: target={} workload={} clients={} value_bytes={} ops={n} seconds={:.2} errors={errors} ops_per_s={ops_per_s:.0} p50_ms={:.3} p99_ms={:.3}",
+        "kvbench: target={} workload={} clients={} conns={conns_used} value_bytes={} ops={n} seconds={:.2} errors={errors} ops_per_s={ops_per_s:.0} p50_ms={:.3} p99_ms={:.3}",
         lower(args.target),
         if args.workload == Workload::Get { "get" } else { "put" },
         args.clients,
