@@ -176,19 +176,31 @@ impl Client {
             }
         }
     }
+}
+
+/// The typed operations of the cluster's client protocol, on top of one primitive (send a
+/// request and wait for its answer); [`Client`] and [`crate::mux::Session`] both have them.
+// The futures are used where the concrete client is known, which keeps their `Send`-ness.
+#[allow(async_fn_in_trait)]
+pub trait KvOps {
+    /// Sends `op` and waits for its answer, retrying as the client's policy says.
+    async fn request(&mut self, op: Op) -> Result<Reply, ClientError>;
+
+    /// Sends every later request to `node` only (no redirects), or to the leader again.
+    fn pin(&mut self, node: Option<SocketAddr>);
 
     /// Sets `key` to `value`; returns the log index it was applied at.
-    pub async fn put(&mut self, key: &str, value: &[u8]) -> Result<LogIndex, ClientError> {
+    async fn put(&mut self, key: &str, value: &[u8]) -> Result<LogIndex, ClientError> {
         written_index(self.request(put_op(key, value)).await?)
     }
 
     /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
+    async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
         written_existed(self.request(Op::Write(WriteOp::Delete { key: key.into() })).await?)
     }
 
     /// Compare-and-swap; returns whether it swapped and what the key held.
-    pub async fn cas(
+    async fn cas(
         &mut self,
         key: &str,
         expected: Option<&[u8]>,
@@ -198,12 +210,12 @@ impl Client {
     }
 
     /// Reads `key` linearizably.
-    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+    async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
         value_of(self.request(Op::Get { key: key.into() }).await?)
     }
 
     /// Lists up to `limit` pairs under `prefix`, after `start_after`; and whether more follow.
-    pub async fn list(
+    async fn list(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,
@@ -213,21 +225,31 @@ impl Client {
     }
 
     /// Sends `op` to `node` only (no redirects to other nodes), retrying until it answers.
-    pub async fn request_to(&mut self, node: SocketAddr, op: Op) -> Result<Reply, ClientError> {
-        self.pinned = Some(node);
+    async fn request_to(&mut self, node: SocketAddr, op: Op) -> Result<Reply, ClientError> {
+        self.pin(Some(node));
         let result = self.request(op).await;
-        self.pinned = None;
+        self.pin(None);
         result
     }
 
     /// The status of the node at `node` (asks that node, not the leader).
-    pub async fn status_of(&mut self, node: SocketAddr) -> Result<NodeStatus, ClientError> {
+    async fn status_of(&mut self, node: SocketAddr) -> Result<NodeStatus, ClientError> {
         status(self.request_to(node, Op::Admin(AdminOp::Status)).await?)
     }
 
     /// An admin operation; returns the operator's line.
-    pub async fn admin(&mut self, op: AdminOp) -> Result<String, ClientError> {
+    async fn admin(&mut self, op: AdminOp) -> Result<String, ClientError> {
         done(self.request(Op::Admin(op)).await?)
+    }
+}
+
+impl KvOps for Client {
+    async fn request(&mut self, op: Op) -> Result<Reply, ClientError> {
+        Client::request(self, op).await
+    }
+
+    fn pin(&mut self, node: Option<SocketAddr>) {
+        self.pinned = node;
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, KvOps};
 use crate::config;
 use crate::mux::MuxClient;
 use crate::protocol::NodeStatus;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use quorate_core::NodeId;
-use quorate_runtime::client::Client;
+use quorate_runtime::client::{Client, KvOps};
 use quorate_runtime::config::{self, NodeConfig};
 use quorate_runtime::metrics::{self, Metrics};
 use quorate_runtime::node::{self, NodeOptions};

@@ -37,12 +37,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorate_core::raft::LogIndex;
 use quorate_core::NodeId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{self, ClientError};
-use crate::protocol::{self, AdminOp, NodeStatus, Op, Packed, Reply, Request, WriteOp};
+use crate::protocol::{self, Op, Packed, Reply, Request};
 use crate::sys::{self, Clock, UdpSocket};
 use crate::transport::{ClusterKey, Kind, Transport, TransportLimits};
 
@@ -246,58 +245,15 @@ impl Session {
             }
         }
     }
+}
 
-    /// Sets `key` to `value`; returns the log index it was applied at.
-    pub async fn put(&mut self, key: &str, value: &[u8]) -> Result<LogIndex, ClientError> {
-        client::written_index(self.request(client::put_op(key, value)).await?)
+impl client::KvOps for Session {
+    async fn request(&mut self, op: Op) -> Result<Reply, ClientError> {
+        Session::request(self, op).await
     }
 
-    /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
-        client::written_existed(self.request(Op::Write(WriteOp::Delete { key: key.into() })).await?)
-    }
-
-    /// Compare-and-swap; returns whether it swapped and what the key held.
-    pub async fn cas(
-        &mut self,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: Option<&[u8]>,
-    ) -> Result<(bool, Option<Vec<u8>>), ClientError> {
-        client::cas_outcome(self.request(client::cas_op(key, expected, value)).await?)
-    }
-
-    /// Reads `key` linearizably.
-    pub async fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
-        client::value_of(self.request(Op::Get { key: key.into() }).await?)
-    }
-
-    /// Lists up to `limit` pairs under `prefix`, after `start_after`; and whether more follow.
-    pub async fn list(
-        &mut self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: u32,
-    ) -> Result<(Vec<(String, Vec<u8>)>, bool), ClientError> {
-        client::listed(self.request(client::list_op(prefix, start_after, limit)).await?)
-    }
-
-    /// Sends `op` to `node` only (no redirects to other nodes), retrying until it answers.
-    pub async fn request_to(&mut self, node: SocketAddr, op: Op) -> Result<Reply, ClientError> {
-        self.pinned = Some(node);
-        let result = self.request(op).await;
-        self.pinned = None;
-        result
-    }
-
-    /// The status of the node at `node` (asks that node, not the leader).
-    pub async fn status_of(&mut self, node: SocketAddr) -> Result<NodeStatus, ClientError> {
-        client::status(self.request_to(node, Op::Admin(AdminOp::Status)).await?)
-    }
-
-    /// An admin operation; returns the operator's line.
-    pub async fn admin(&mut self, op: AdminOp) -> Result<String, ClientError> {
-        client::done(self.request(Op::Admin(op)).await?)
+    fn pin(&mut self, node: Option<SocketAddr>) {
+        self.pinned = node;
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quorate_runtime::client::Client;
+use quorate_runtime::client::{Client, KvOps};
 use quorate_runtime::config::{InitialMember, NodeConfig};
 use quorate_runtime::metrics::Metrics;
 use quorate_runtime::mux::{MuxClient, Session};

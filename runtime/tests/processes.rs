@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quorate_core::NodeId;
-use quorate_runtime::client::{Client, ClientError};
+use quorate_runtime::client::{Client, ClientError, KvOps};
 use quorate_runtime::demo::Cluster;
 use quorate_runtime::protocol::AdminOp;
 

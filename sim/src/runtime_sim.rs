@@ -22,7 +22,7 @@ use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle, Runtime};
 use quorate_core::raft::{LogIndex, Role, Term};
 use quorate_core::{fnv1a64, fnv1a64_extend, NodeId};
-use quorate_runtime::client::{Client, ClientError};
+use quorate_runtime::client::{Client, ClientError, KvOps};
 use quorate_runtime::config::{InitialMember, NodeConfig};
 use quorate_runtime::metrics::Metrics;
 use quorate_runtime::node::{self, NodeEvent, NodeOptions};

@@ -33,7 +33,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use quorate_benches::etcd::cluster::EtcdCluster;
 use quorate_benches::etcd::grpc::{within, CallError, Connection};
-use quorate_runtime::client::Client;
+use quorate_runtime::client::{Client, KvOps};
 use quorate_runtime::demo::Cluster;
 use quorate_runtime::mux::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
