@@ -17,7 +17,7 @@
 //! A one-node cluster on loopback, a write and a linearizable read:
 //!
 //! ```
-//! use quorate_runtime::client::Client;
+//! use quorate_runtime::client::{Client, KvOps};
 //! use quorate_runtime::config::NodeConfig;
 //! use quorate_runtime::node::{self, NodeOptions};
 //! use quorate_runtime::protocol::AdminOp;

@@ -16,6 +16,7 @@
 //! ```no_run
 //! # async fn example(nodes: Vec<std::net::SocketAddr>, key: quorate_runtime::transport::ClusterKey, cluster_id: u64)
 //! # -> Result<(), quorate_runtime::client::ClientError> {
+//! use quorate_runtime::client::KvOps;
 //! use quorate_runtime::mux::MuxClient;
 //!
 //! let mux = MuxClient::new(nodes, key, cluster_id).await?;
