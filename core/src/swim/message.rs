@@ -269,6 +269,18 @@ pub struct Packet {
     pub gossip: Vec<Update>,
 }
 
+/// A [`Packet`] without its trailing gossip: what a [`SeqWriter`](crate::wire::SeqWriter) writes
+/// before the sender appends the updates that fit the packet limit.
+#[derive(Serialize)]
+pub(crate) struct PacketHead<'a> {
+    /// As [`Packet::gen`].
+    pub gen: u64,
+    /// As [`Packet::digest`].
+    pub digest: Digest,
+    /// As [`Packet::body`].
+    pub body: &'a Body,
+}
+
 impl Packet {
     /// Checks what postcard cannot: counters in range and chunk numbers consistent.
     pub fn validate(&self) -> bool {

@@ -92,6 +92,7 @@ pub use config::{Config, ConfigError};
 use gossip::GossipQueue;
 use member::MetaPool;
 pub use member::{Addr, Member, Meta, State, Version};
+use message::PacketHead;
 pub use message::{in_buckets, member_hash, sync_bucket, Body, Digest, Kind, Packet, Update, SYNC_BUCKETS};
 use table::{MemberTable, Record};
 
@@ -205,6 +206,9 @@ pub struct Stats {
     pub periodic_syncs: u64,
     /// Stale suspicions answered with the refutation this member held.
     pub corrections: u64,
+    /// Packets built but not sent because they did not encode within the packet limit:
+    /// sizes are budgeted exactly, so anything but zero is a bug.
+    pub send_errors: u64,
     /// Datagrams sent, by [`Kind`] (index with `kind as usize`).
     pub sent_packets_by_kind: [u64; Kind::COUNT],
     /// Bytes sent, by [`Kind`] (index with `kind as usize`).
@@ -1278,40 +1282,55 @@ impl Swim {
     }
 
     /// Sends `body` with piggybacked gossip: `first` (warnings and corrections for this
-    /// receiver) ahead of the queue's updates.
+    /// receiver) ahead of the queue's updates. One pass: the packet's leading fields are
+    /// encoded, then each update is appended while it fits.
     fn send(&mut self, to: Addr, body: Body, first: Vec<Update>) {
-        let mut packet = Packet { gen: self.me.version.gen, digest: self.digest(), body, gossip: Vec::new() };
-        let base = postcard::experimental::serialized_size(&packet).unwrap_or(usize::MAX)
-            + postcard::experimental::serialized_size(&(self.cfg.cluster_id, self.cfg.id)).unwrap_or(usize::MAX)
-            + wire::HEADER_BYTES
-            + GOSSIP_SLACK;
-        let mut budget = self.cfg.packet_bytes_max.saturating_sub(base);
+        let max = self.cfg.packet_bytes_max;
+        let head = PacketHead { gen: self.me.version.gen, digest: self.digest(), body: &body };
+        // The head of a packet this member builds always encodes; an error here is a bug,
+        // counted (as an unsent packet would be) rather than a panic.
+        let Ok(mut w) = wire::SeqWriter::new(self.cfg.cluster_id, self.cfg.id, &head, 128) else {
+            self.stats.send_errors += 1;
+            return;
+        };
+        // The sequence length was counted as one byte; the slack covers a wider one.
+        let limit = max.saturating_sub(GOSSIP_SLACK);
         let skip: Vec<NodeId> = first.iter().map(Update::id).collect();
-        for u in first {
-            let size = postcard::experimental::serialized_size(&u).unwrap_or(usize::MAX);
-            if size <= budget {
-                budget -= size;
-                packet.gossip.push(u);
-            }
+        for u in &first {
+            w.push_within(u, limit);
         }
-        let limit = self.retransmit_limit();
+        let mut queued = Vec::new();
+        let retransmit = self.retransmit_limit();
         let (members, me) = (&self.members, &self.me);
-        self.gossip.take(budget, limit, &skip, &mut packet.gossip, |id, by| current_update(members, me, id, by));
-        if packet.body == Body::Gossip && packet.gossip.is_empty() {
+        let budget = limit.saturating_sub(w.written());
+        self.gossip.take(budget, retransmit, &skip, &mut queued, |id, by| current_update(members, me, id, by));
+        for u in &queued {
+            w.push_within(u, limit);
+        }
+        if body == Body::Gossip && w.count() == 0 {
             return; // the queue ran dry part-way through a gossip round
         }
-        self.push_send(to, &packet);
+        match w.finish(max) {
+            Ok(bytes) => self.record_send(to, body.kind(), bytes),
+            Err(_) => self.stats.send_errors += 1,
+        }
+    }
+
+    /// Counts `bytes` of kind `kind` as sent to `to` and queues them.
+    fn record_send(&mut self, to: Addr, kind: Kind, bytes: Vec<u8>) {
+        let kind = kind as usize;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.stats.sent_packets_by_kind[kind] += 1;
+        self.stats.sent_bytes_by_kind[kind] += bytes.len() as u64;
+        self.actions.push_back(Action::Send { to, packet: bytes });
     }
 
     fn push_send(&mut self, to: Addr, packet: &Packet) {
         // Sizes were budgeted exactly; an encoding error here is a bug, counted not sent.
-        if let Ok(bytes) = wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.cfg.packet_bytes_max) {
-            let kind = packet.body.kind() as usize;
-            self.stats.packets_sent += 1;
-            self.stats.bytes_sent += bytes.len() as u64;
-            self.stats.sent_packets_by_kind[kind] += 1;
-            self.stats.sent_bytes_by_kind[kind] += bytes.len() as u64;
-            self.actions.push_back(Action::Send { to, packet: bytes });
+        match wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.cfg.packet_bytes_max) {
+            Ok(bytes) => self.record_send(to, packet.body.kind(), bytes),
+            Err(_) => self.stats.send_errors += 1,
         }
     }
 
@@ -1570,6 +1589,7 @@ impl Machine for Swim {
     }
 
     fn check_invariants(&self) {
+        assert_eq!(self.stats.send_errors, 0, "a packet this member built did not encode");
         self.gossip.check();
         self.members.check();
         for (id, by, size) in self.gossip.pending() {
