@@ -261,44 +261,73 @@ const FULL_EXCHANGE_EVERY: u32 = 8;
 /// What a [`Body::Summary`] costs the sync budget: its encoded size, about 5 bytes a bucket.
 const SUMMARY_BYTES: u64 = 5 * SYNC_BUCKETS as u64 + 32;
 
+/// The settings every wake-up and every send reads, copied out of the [`Config`] (which never
+/// changes after [`Swim::new`]) so that they share a cache line with the deadlines.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Tuning {
+    probe_interval: Duration,
+    probe_timeout: Duration,
+    gossip_interval: Duration,
+    packet_bytes_max: usize,
+    indirect_waves: u32,
+    retransmit_mult: u32,
+}
+
 /// One SWIM member. See the [module docs](self).
+///
+/// Laid out in declaration order (`repr(C)`), hot fields first: a simulation steps thousands
+/// of members in turn, so each wake-up finds its member cold in cache, and what a probe or
+/// gossip round reads should be a few cache lines, not one line per field across 2 KB.
+#[repr(C)]
 pub struct Swim {
-    cfg: Config,
-    rng: ChaCha8Rng,
-    me: Member,
-    members: MemberTable,
-    metas: MetaPool,
-    live: usize,
-    digest_hash: u32,
-    /// The digest split by [`sync_bucket`]: what a [`Body::Summary`] carries.
-    bucket_hashes: [u32; SYNC_BUCKETS],
-    probe_order: Vec<NodeId>,
-    probe_pos: usize,
-    probe: Option<Probe>,
+    // Read on every wake-up and deadline computation.
     next_probe: Instant,
+    next_gossip: Instant,
+    next_push_pull: Instant,
+    next_join: Option<Instant>,
+    live: usize,
     seq: u32,
+    health: u32,
+    leave_done: bool,
+    leaving: bool,
+    joined: bool,
+    tuning: Tuning,
+    probe: Option<Probe>,
     indirect: BTreeMap<u32, Indirect>,
-    suspicions: BTreeMap<NodeId, Suspicion>,
     suspicion_deadlines: BTreeSet<(Instant, NodeId)>,
     suspicion_rechecks: BTreeSet<(Instant, NodeId)>,
     /// When each Down or Left member's tombstone is collected, in both orders.
     tombstones: BTreeSet<(Instant, NodeId)>,
-    tomb_due: BTreeMap<NodeId, Instant>,
+    actions: VecDeque<Action>,
+    // Read on every packet.
     gossip: GossipQueue,
-    health: u32,
-    next_gossip: Instant,
-    next_push_pull: Instant,
+    members: MemberTable,
+    /// Live members in this round's probe order, each with a [slot hint](MemberTable::get_hinted).
+    probe_order: Vec<(NodeId, u32)>,
+    probe_pos: usize,
+    digest_hash: u32,
+    view_hash: u32,
+    stats: Stats,
+    // The rest.
+    suspicions: BTreeMap<NodeId, Suspicion>,
+    tomb_due: BTreeMap<NodeId, Instant>,
+    mismatch_since: Option<Instant>,
+    last_sync: Option<Instant>,
+    cfg: Config,
+    rng: ChaCha8Rng,
+    me: Member,
+    metas: MetaPool,
+    /// The digest split by [`sync_bucket`]: what a [`Body::Summary`] carries.
+    bucket_hashes: [u32; SYNC_BUCKETS],
     /// The period `next_push_pull` was planned with (it grows with the cluster).
     planned_period: Duration,
-    last_sync: Option<Instant>,
-    mismatch_since: Option<Instant>,
     /// Bytes digest-driven repairs may still spend, as of `sync_tokens_at`; negative after a
     /// bucket exchange cost more than was left (a debt paid back before the next summary).
     sync_tokens: i64,
     sync_tokens_at: Instant,
     /// Average encoded bytes per member in the last full state sent.
     record_bytes: u64,
-    view_hash: u32,
     answered: VecDeque<(NodeId, u64, u32)>,
     /// Periodic anti-entropy rounds so far (every `FULL_EXCHANGE_EVERY`-th is a whole state).
     periodic_rounds: u32,
@@ -309,13 +338,7 @@ pub struct Swim {
     /// half `sync_gap` (an honest one asks at most once per gap): a 350-byte summary can cost
     /// a whole state, and an unbounded answer rate would be an amplifier.
     summaries_answered: VecDeque<(NodeId, Instant)>,
-    joined: bool,
-    next_join: Option<Instant>,
     join_backoff: Duration,
-    leaving: bool,
-    leave_done: bool,
-    actions: VecDeque<Action>,
-    stats: Stats,
 }
 
 impl Swim {
@@ -345,7 +368,16 @@ impl Swim {
         // reuse the sequence numbers its previous life used, which peers may still remember.
         let seq = rng.next_u32();
         let planned_period = cfg.push_pull_interval;
+        let tuning = Tuning {
+            probe_interval: cfg.probe_interval,
+            probe_timeout: cfg.probe_timeout,
+            gossip_interval: cfg.gossip_interval,
+            packet_bytes_max: cfg.packet_bytes_max,
+            indirect_waves: cfg.indirect_waves,
+            retransmit_mult: cfg.retransmit_mult,
+        };
         let mut swim = Swim {
+            tuning,
             cfg,
             rng,
             me,
@@ -525,7 +557,7 @@ impl Swim {
     pub fn handle_packet(&mut self, now: Instant, from: Addr, bytes: &[u8]) -> Result<(), SwimError> {
         self.stats.packets_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let env = match wire::decode::<Packet>(bytes, self.cfg.cluster_id, self.cfg.packet_bytes_max) {
+        let env = match wire::decode::<Packet>(bytes, self.cfg.cluster_id, self.tuning.packet_bytes_max) {
             Ok(env) => env,
             Err(e) => {
                 match e {
@@ -564,10 +596,15 @@ impl Swim {
             corrections.insert(0, Update::of(&self.me, self.cfg.id));
         }
         // A sender we hold for dead in its generation learns so first, and renews.
-        let warn = self
-            .members
-            .get(sender)
-            .and_then(|r| (!r.is_live() && r.gen >= packet.gen).then(|| self.update_of(r, self.cfg.id)));
+        // `tomb_due` holds exactly the members recorded Down or Left (an invariant), so the
+        // common case, a live sender, costs no lookup in the member table.
+        let warn = if self.tomb_due.contains_key(&sender) {
+            self.members
+                .get(sender)
+                .and_then(|r| (!r.is_live() && r.gen >= packet.gen).then(|| self.update_of(r, self.cfg.id)))
+        } else {
+            None
+        };
         match packet.body {
             Body::Ping { seq, target } => {
                 if target == self.cfg.id {
@@ -584,7 +621,7 @@ impl Swim {
             Body::PingReq { seq, target, addr } => {
                 if self.indirect.len() < INDIRECT_MAX && target != self.cfg.id {
                     let my_seq = self.next_seq();
-                    let nack_at = now.saturating_add(self.scaled(self.cfg.probe_timeout) * 4 / 5);
+                    let nack_at = now.saturating_add(self.scaled(self.tuning.probe_timeout) * 4 / 5);
                     self.indirect.insert(my_seq, Indirect { requester: from, seq, nack_at });
                     let buddy = self.buddy(target);
                     self.send(addr, Body::Ping { seq: my_seq, target }, buddy.into_iter().collect());
@@ -1024,7 +1061,8 @@ impl Swim {
         // New members go to a random place in the rest of this round, so they are probed in it;
         // the member they displace moves to the end, still in this round. O(1), where an insert
         // would move the whole order of a large cluster.
-        self.probe_order.push(id);
+        let hint = self.members.hint_of(id);
+        self.probe_order.push((id, hint));
         let rest = self.probe_order.len() - self.probe_pos.min(self.probe_order.len());
         if rest > 1 {
             let at = self.probe_pos + self.rng.next_u64() as usize % rest;
@@ -1133,19 +1171,21 @@ impl Swim {
         self.seq
     }
 
-    fn pick_probe_target(&mut self) -> Option<NodeId> {
+    fn pick_probe_target(&mut self) -> Option<(NodeId, Addr)> {
         for pass in 0..2 {
             while self.probe_pos < self.probe_order.len() {
-                let id = self.probe_order[self.probe_pos];
+                let (id, hint) = self.probe_order[self.probe_pos];
                 self.probe_pos += 1;
-                if self.members.get(id).is_some_and(Record::is_live) {
-                    return Some(id);
+                if let Some(r) = self.members.get_hinted(id, hint).filter(|r| r.is_live()) {
+                    return Some((id, self.members.addr(r)));
                 }
             }
             if pass == 0 {
                 // A round is over: a fresh shuffle of the live members (which also drops the dead).
                 self.probe_order.clear();
-                self.probe_order.extend(self.members.iter().filter(|r| r.is_live()).map(|r| r.id));
+                self.probe_order.extend(
+                    self.members.iter().enumerate().filter(|(_, r)| r.is_live()).map(|(s, r)| (r.id, s as u32)),
+                );
                 self.probe_order.shrink_to(self.live);
                 shuffle(&mut self.rng, &mut self.probe_order);
                 self.probe_pos = 0;
@@ -1183,14 +1223,13 @@ impl Swim {
     }
 
     fn start_probe(&mut self, now: Instant) {
-        let Some(target) = self.pick_probe_target() else { return };
-        let Some(addr) = self.members.addr_of(target) else { return };
+        let Some((target, addr)) = self.pick_probe_target() else { return };
         let seq = self.next_seq();
         self.stats.probes += 1;
         self.probe = Some(Probe {
             target,
             seq,
-            indirect_at: now.saturating_add(self.scaled(self.cfg.probe_timeout)),
+            indirect_at: now.saturating_add(self.scaled(self.tuning.probe_timeout)),
             waves: 0,
             helpers: Vec::new(),
             acked: false,
@@ -1228,43 +1267,48 @@ impl Swim {
                 p.expected_nacks = helpers.len() as u32;
             }
             p.waves += 1;
-            p.helpers.extend_from_slice(&helpers);
+            p.helpers.extend(helpers.iter().map(|(h, _)| *h));
             p.indirect_at = now.saturating_add(end.saturating_duration_since(now) / 2);
         }
-        for h in helpers {
-            if let Some(haddr) = self.members.addr_of(h) {
-                self.send(haddr, Body::PingReq { seq, target, addr }, Vec::new());
-            }
+        for (_, haddr) in helpers {
+            self.send(haddr, Body::PingReq { seq, target, addr }, Vec::new());
         }
         // Lifeguard/memberlist: also retry the target directly, in case only the first ping was lost.
         let buddy = self.buddy(target);
         self.send(addr, Body::Ping { seq, target }, buddy.into_iter().collect());
     }
 
-    /// Up to `k` distinct live members other than those in `exclude`, at random.
-    fn random_live(&mut self, k: usize, exclude: &[NodeId]) -> Vec<NodeId> {
-        let mut out = Vec::with_capacity(k);
+    /// Up to `k` distinct live members other than those in `exclude`, at random, with their
+    /// addresses.
+    fn random_live(&mut self, k: usize, exclude: &[NodeId]) -> Vec<(NodeId, Addr)> {
+        let mut out: Vec<(NodeId, Addr)> = Vec::with_capacity(k);
         if k == 0 || self.probe_order.is_empty() {
             return out;
         }
         let n = self.probe_order.len();
         if n <= 4 * k + exclude.len() {
-            let mut all: Vec<NodeId> = self
+            let members = &self.members;
+            let mut all: Vec<(NodeId, Addr)> = self
                 .probe_order
                 .iter()
-                .copied()
-                .filter(|id| !exclude.contains(id) && self.members.get(*id).is_some_and(Record::is_live))
+                .filter(|(id, _)| !exclude.contains(id))
+                .filter_map(|&(id, hint)| {
+                    members.get_hinted(id, hint).filter(|r| r.is_live()).map(|r| (id, members.addr(r)))
+                })
                 .collect();
-            all.sort_unstable();
-            all.dedup();
+            all.sort_unstable_by_key(|(id, _)| *id);
+            all.dedup_by_key(|(id, _)| *id);
             shuffle(&mut self.rng, &mut all);
             all.truncate(k);
             return all;
         }
         for _ in 0..8 * k {
-            let id = self.probe_order[self.rng.next_u64() as usize % n];
-            if !exclude.contains(&id) && !out.contains(&id) && self.members.get(id).is_some_and(Record::is_live) {
-                out.push(id);
+            let (id, hint) = self.probe_order[self.rng.next_u64() as usize % n];
+            if exclude.contains(&id) || out.iter().any(|(o, _)| *o == id) {
+                continue;
+            }
+            if let Some(r) = self.members.get_hinted(id, hint).filter(|r| r.is_live()) {
+                out.push((id, self.members.addr(r)));
                 if out.len() == k {
                     break;
                 }
@@ -1278,14 +1322,14 @@ impl Swim {
     fn retransmit_limit(&self) -> u32 {
         // λ · ⌈log10(n + 1)⌉, and ⌈log10(n + 1)⌉ is the number of decimal digits of n.
         let digits = (self.live.max(1) as u64).ilog10() + 1;
-        self.cfg.retransmit_mult * digits
+        self.tuning.retransmit_mult * digits
     }
 
     /// Sends `body` with piggybacked gossip: `first` (warnings and corrections for this
     /// receiver) ahead of the queue's updates. One pass: the packet's leading fields are
     /// encoded, then each update is appended while it fits.
     fn send(&mut self, to: Addr, body: Body, first: Vec<Update>) {
-        let max = self.cfg.packet_bytes_max;
+        let max = self.tuning.packet_bytes_max;
         let head = PacketHead { gen: self.me.version.gen, digest: self.digest(), body: &body };
         // The head of a packet this member builds always encodes; an error here is a bug,
         // counted (as an unsent packet would be) rather than a panic.
@@ -1328,7 +1372,7 @@ impl Swim {
 
     fn push_send(&mut self, to: Addr, packet: &Packet) {
         // Sizes were budgeted exactly; an encoding error here is a bug, counted not sent.
-        match wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.cfg.packet_bytes_max) {
+        match wire::encode(self.cfg.cluster_id, self.cfg.id, packet, self.tuning.packet_bytes_max) {
             Ok(bytes) => self.record_send(to, packet.body.kind(), bytes),
             Err(_) => self.stats.send_errors += 1,
         }
@@ -1340,10 +1384,8 @@ impl Swim {
         if self.gossip.len() == 0 {
             return;
         }
-        for id in self.random_live(self.cfg.gossip_fanout, &[]) {
-            if let Some(addr) = self.members.addr_of(id) {
-                self.send(addr, Body::Gossip, Vec::new());
-            }
+        for (_, addr) in self.random_live(self.cfg.gossip_fanout, &[]) {
+            self.send(addr, Body::Gossip, Vec::new());
         }
     }
 
@@ -1363,7 +1405,7 @@ impl Swim {
             + postcard::experimental::serialized_size(&(self.cfg.cluster_id, self.cfg.id)).unwrap_or(usize::MAX)
             + wire::HEADER_BYTES
             + GOSSIP_SLACK;
-        let budget = self.cfg.packet_bytes_max.saturating_sub(base);
+        let budget = self.tuning.packet_bytes_max.saturating_sub(base);
         let mut chunks: Vec<Vec<Member>> = alloc::vec![Vec::new()];
         let mut used = 0;
         let (mut total, mut count) = (0u64, 0u64);
@@ -1437,6 +1479,110 @@ impl Swim {
         self.actions.push_back(Action::Event(e));
     }
 
+    /// A leaving member's wake-up: gossip its leave until the queue holds it no more.
+    #[cold]
+    #[inline(never)]
+    fn leaving_tick(&mut self, now: Instant) {
+        if now >= self.next_gossip {
+            self.next_gossip = now.saturating_add(self.tuning.gossip_interval);
+            if !self.gossip.contains(self.cfg.id) {
+                self.leave_done = true;
+                self.emit(Event::LeaveDone);
+                return;
+            }
+            self.gossip_round(now);
+        }
+    }
+
+    /// Nacks for indirect probes that got no answer in time.
+    #[inline(never)]
+    fn send_due_nacks(&mut self, now: Instant) {
+        let due: Vec<u32> = self.indirect.iter().filter(|(_, i)| now >= i.nack_at).map(|(s, _)| *s).collect();
+        for s in due {
+            if let Some(ind) = self.indirect.remove(&s) {
+                self.send(ind.requester, Body::Nack { seq: ind.seq }, Vec::new());
+            }
+        }
+    }
+
+    /// Suspicions halfway to their deadline, then those that ran out.
+    #[inline(never)]
+    fn expire_suspicions(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.suspicion_rechecks.first() {
+            if at > now {
+                break;
+            }
+            self.suspicion_rechecks.pop_first();
+            self.recheck_suspicion(id);
+        }
+        while let Some(&(at, id)) = self.suspicion_deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.suspicion_deadlines.pop_first();
+            if let Some(s) = self.suspicions.remove(&id) {
+                if let Some(r) = s.recheck {
+                    self.suspicion_rechecks.remove(&(r, id));
+                }
+                let down = Version { state: State::Down, ..s.version };
+                let _ = self.apply(now, id, down, self.cfg.id, None, true);
+            }
+        }
+    }
+
+    /// Periodic anti-entropy, plus one attempt to reach a member held down (a healed
+    /// partition whose sides declared each other down has no other way back).
+    /// The periodic exchange with a live member is a summary (about 350 bytes; only the
+    /// buckets that differ travel), and a whole state only every `FULL_EXCHANGE_EVERY`
+    /// periods, as a backstop for what bucket hashes cannot show (a collision).
+    #[cold]
+    #[inline(never)]
+    fn periodic_sync(&mut self, now: Instant) {
+        if !self.replan_push_pull(now) {
+            return;
+        }
+        self.periodic_rounds = self.periodic_rounds.wrapping_add(1);
+        if let Some(&(id, addr)) = self.random_live(1, &[]).first() {
+            self.stats.periodic_syncs += 1;
+            if self.periodic_rounds % FULL_EXCHANGE_EVERY == 0 {
+                self.push_pull_with(id, false);
+            } else if self.take_sync_budget(now, SUMMARY_BYTES) {
+                self.send_summary(addr);
+            }
+        }
+        // A ping first, and the whole state only once it is answered: a member held down
+        // is almost always dead, and a whole state sent into the void costs O(n) each
+        // period, where a ping costs the same in any cluster.
+        let down: Vec<NodeId> = self.members.iter().filter(|r| r.state == State::Down).map(|r| r.id).collect();
+        if !down.is_empty() {
+            let id = down[self.rng.next_u64() as usize % down.len()];
+            self.reconnect_ping(id);
+        }
+    }
+
+    /// Joining, and rejoining when every other member is gone.
+    #[cold]
+    #[inline(never)]
+    fn join_tick(&mut self, now: Instant) {
+        if self.next_join.is_none() && self.live == 1 && !self.cfg.seeds.is_empty() && self.is_joined() {
+            self.joined = false;
+            self.join_backoff = self.cfg.join_retry_min;
+            self.next_join = Some(now);
+        }
+        if self.next_join.is_some_and(|at| now >= at) {
+            let seeds: Vec<Addr> = self.cfg.seeds.iter().copied().filter(|s| *s != self.cfg.addr).collect();
+            for s in seeds {
+                let seq = self.next_seq();
+                self.stats.push_pulls += 1;
+                self.send_state(s, seq, false, true, u64::MAX);
+            }
+            let jitter = self.rng.next_u64() % (self.join_backoff.as_nanos() as u64 / 4).max(1);
+            self.next_join = Some(now.saturating_add(self.join_backoff + Duration::from_nanos(jitter)));
+            self.join_backoff = (self.join_backoff * 2).min(self.cfg.join_retry_max);
+        }
+    }
+
+    #[inline(never)]
     fn collect_tombstones(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.tombstones.first() {
             if at > now {
@@ -1461,19 +1607,11 @@ impl Machine for Swim {
             return;
         }
         if self.leaving {
-            if now >= self.next_gossip {
-                self.next_gossip = now.saturating_add(self.cfg.gossip_interval);
-                if !self.gossip.contains(self.cfg.id) {
-                    self.leave_done = true;
-                    self.emit(Event::LeaveDone);
-                    return;
-                }
-                self.gossip_round(now);
-            }
+            self.leaving_tick(now);
             return;
         }
         // Probing.
-        let waves = self.cfg.indirect_waves;
+        let waves = self.tuning.indirect_waves;
         let indirect_due = self
             .probe
             .as_ref()
@@ -1484,86 +1622,31 @@ impl Machine for Swim {
         if now >= self.next_probe {
             self.finish_probe(now);
             self.start_probe(now);
-            self.next_probe = now.saturating_add(self.scaled(self.cfg.probe_interval));
+            self.next_probe = now.saturating_add(self.scaled(self.tuning.probe_interval));
         }
-        // Nacks for indirect probes that got no answer.
-        let due: Vec<u32> = self.indirect.iter().filter(|(_, i)| now >= i.nack_at).map(|(s, _)| *s).collect();
-        for s in due {
-            if let Some(ind) = self.indirect.remove(&s) {
-                self.send(ind.requester, Body::Nack { seq: ind.seq }, Vec::new());
-            }
+        // The rarer duties below each sit in a function of their own, entered only when due, so
+        // that the common wake-up (a probe or a gossip round) stays short and in cache.
+        if !self.indirect.is_empty() {
+            self.send_due_nacks(now);
         }
-        // Suspicions halfway to their deadline, then those that ran out.
-        while let Some(&(at, id)) = self.suspicion_rechecks.first() {
-            if at > now {
-                break;
-            }
-            self.suspicion_rechecks.pop_first();
-            self.recheck_suspicion(id);
-        }
-        while let Some(&(at, id)) = self.suspicion_deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.suspicion_deadlines.pop_first();
-            if let Some(s) = self.suspicions.remove(&id) {
-                if let Some(r) = s.recheck {
-                    self.suspicion_rechecks.remove(&(r, id));
-                }
-                let down = Version { state: State::Down, ..s.version };
-                let _ = self.apply(now, id, down, self.cfg.id, None, true);
-            }
+        let due = |first: Option<&(Instant, NodeId)>| first.is_some_and(|(at, _)| *at <= now);
+        if due(self.suspicion_rechecks.first()) || due(self.suspicion_deadlines.first()) {
+            self.expire_suspicions(now);
         }
         // Gossip-only round.
         if now >= self.next_gossip {
-            self.next_gossip = now.saturating_add(self.cfg.gossip_interval);
+            self.next_gossip = now.saturating_add(self.tuning.gossip_interval);
             self.gossip_round(now);
         }
-        // Periodic anti-entropy, plus one attempt to reach a member held down (a healed
-        // partition whose sides declared each other down has no other way back).
-        // The periodic exchange with a live member is a summary (about 350 bytes; only the
-        // buckets that differ travel), and a whole state only every `FULL_EXCHANGE_EVERY`
-        // periods, as a backstop for what bucket hashes cannot show (a collision).
-        if now >= self.next_push_pull && self.replan_push_pull(now) {
-            self.periodic_rounds = self.periodic_rounds.wrapping_add(1);
-            if let Some(&id) = self.random_live(1, &[]).first() {
-                self.stats.periodic_syncs += 1;
-                if self.periodic_rounds % FULL_EXCHANGE_EVERY == 0 {
-                    self.push_pull_with(id, false);
-                } else if let Some(addr) = self.members.addr_of(id) {
-                    if self.take_sync_budget(now, SUMMARY_BYTES) {
-                        self.send_summary(addr);
-                    }
-                }
-            }
-            // A ping first, and the whole state only once it is answered: a member held down
-            // is almost always dead, and a whole state sent into the void costs O(n) each
-            // period, where a ping costs the same in any cluster.
-            let down: Vec<NodeId> = self.members.iter().filter(|r| r.state == State::Down).map(|r| r.id).collect();
-            if !down.is_empty() {
-                let id = down[self.rng.next_u64() as usize % down.len()];
-                self.reconnect_ping(id);
-            }
+        if now >= self.next_push_pull {
+            self.periodic_sync(now);
         }
-        // Joining, and rejoining when every other member is gone.
-        if self.next_join.is_none() && self.live == 1 && !self.cfg.seeds.is_empty() && self.is_joined() {
-            self.joined = false;
-            self.join_backoff = self.cfg.join_retry_min;
-            self.next_join = Some(now);
+        if self.next_join.is_some() || (self.live == 1 && !self.cfg.seeds.is_empty()) {
+            self.join_tick(now);
         }
-        if let Some(at) = self.next_join.filter(|at| now >= *at) {
-            let _ = at;
-            let seeds: Vec<Addr> = self.cfg.seeds.iter().copied().filter(|s| *s != self.cfg.addr).collect();
-            for s in seeds {
-                let seq = self.next_seq();
-                self.stats.push_pulls += 1;
-                self.send_state(s, seq, false, true, u64::MAX);
-            }
-            let jitter = self.rng.next_u64() % (self.join_backoff.as_nanos() as u64 / 4).max(1);
-            self.next_join = Some(now.saturating_add(self.join_backoff + Duration::from_nanos(jitter)));
-            self.join_backoff = (self.join_backoff * 2).min(self.cfg.join_retry_max);
+        if due(self.tombstones.first()) {
+            self.collect_tombstones(now);
         }
-        self.collect_tombstones(now);
     }
 
     fn poll_action(&mut self) -> Option<Action> {
@@ -1578,10 +1661,12 @@ impl Machine for Swim {
             return Some(self.next_gossip);
         }
         let mut t = Some(self.next_probe.min(self.next_gossip).min(self.next_push_pull));
-        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && p.waves < self.cfg.indirect_waves) {
+        if let Some(p) = self.probe.as_ref().filter(|p| !p.acked && p.waves < self.tuning.indirect_waves) {
             t = earliest(t, Some(p.indirect_at));
         }
-        t = earliest(t, self.indirect.values().map(|i| i.nack_at).min());
+        if !self.indirect.is_empty() {
+            t = earliest(t, self.indirect.values().map(|i| i.nack_at).min());
+        }
         t = earliest(t, self.suspicion_deadlines.first().map(|(at, _)| *at));
         t = earliest(t, self.suspicion_rechecks.first().map(|(at, _)| *at));
         t = earliest(t, self.tombstones.first().map(|(at, _)| *at));
