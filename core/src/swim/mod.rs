@@ -1171,13 +1171,15 @@ impl Swim {
         self.seq
     }
 
-    fn pick_probe_target(&mut self) -> Option<(NodeId, Addr)> {
+    /// The next live member in the probe order, its address, and its buddy-system warning.
+    fn pick_probe_target(&mut self) -> Option<(NodeId, Addr, Option<Update>)> {
         for pass in 0..2 {
             while self.probe_pos < self.probe_order.len() {
                 let (id, hint) = self.probe_order[self.probe_pos];
                 self.probe_pos += 1;
                 if let Some(r) = self.members.get_hinted(id, hint).filter(|r| r.is_live()) {
-                    return Some((id, self.members.addr(r)));
+                    let buddy = (r.state == State::Suspect).then(|| self.update_of(r, self.cfg.id));
+                    return Some((id, self.members.addr(r), buddy));
                 }
             }
             if pass == 0 {
@@ -1223,7 +1225,7 @@ impl Swim {
     }
 
     fn start_probe(&mut self, now: Instant) {
-        let Some((target, addr)) = self.pick_probe_target() else { return };
+        let Some((target, addr, buddy)) = self.pick_probe_target() else { return };
         let seq = self.next_seq();
         self.stats.probes += 1;
         self.probe = Some(Probe {
@@ -1237,7 +1239,6 @@ impl Swim {
             nacks: 0,
             expected_nacks: 0,
         });
-        let buddy = self.buddy(target);
         self.send(addr, Body::Ping { seq, target }, buddy.into_iter().collect());
     }
 
@@ -1333,7 +1334,7 @@ impl Swim {
         let head = PacketHead { gen: self.me.version.gen, digest: self.digest(), body: &body };
         // The head of a packet this member builds always encodes; an error here is a bug,
         // counted (as an unsent packet would be) rather than a panic.
-        let Ok(mut w) = wire::SeqWriter::new(self.cfg.cluster_id, self.cfg.id, &head, 128) else {
+        let Ok(mut w) = wire::SeqWriter::new(self.cfg.cluster_id, self.cfg.id, &head, 64) else {
             self.stats.send_errors += 1;
             return;
         };
