@@ -32,7 +32,8 @@ pub struct Config {
     /// while the target is alive, and so the suspicions and refutations every member must
     /// hear about, at no cost on a healthy network. 1 is classic SWIM.
     pub indirect_waves: u32,
-    /// Suspicion timeout at full confirmation: `suspicion_mult · max(1, log10 n) · probe_interval`.
+    /// Suspicion timeout at full confirmation: `suspicion_mult · max(1, log10 n) · probe_interval`,
+    /// but never below `suspicion_floor` probe intervals (see [`Config::suspicion_bounds`]).
     /// Lifeguard reaches it only after `suspicion_confirmations` independent suspicions, so it
     /// can be shorter than classic SWIM's fixed timeout at the same accuracy: 3 here, where
     /// memberlist and foca wait 4 (a member that stops answering for longer than this, and
