@@ -24,6 +24,18 @@ pub struct Command {
     pub op: WriteOp,
 }
 
+/// A [`Command`] borrowing its write: encodes exactly as the `Command` it describes, so a
+/// node can put a client's request into the log without copying its key or value first.
+#[derive(Debug, Serialize)]
+pub struct CommandRef<'a> {
+    /// The client's id.
+    pub client_id: u64,
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The write.
+    pub op: &'a WriteOp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     seq: u64,
@@ -96,8 +108,8 @@ impl Kv {
     }
 
     /// Applies a committed command at `index` and returns its reply (the remembered one for a
-    /// retry).
-    pub fn apply(&mut self, index: LogIndex, cmd: &Command) -> Reply {
+    /// retry). The command's key and value move into the map.
+    pub fn apply(&mut self, index: LogIndex, cmd: Command) -> Reply {
         self.applied = self.applied.max(index);
         if let Some(s) = self.sessions.get(&cmd.client_id) {
             if cmd.seq == s.seq {
@@ -107,7 +119,7 @@ impl Kv {
                 return Reply::Error(format!("request {} is older than this client's last ({})", cmd.seq, s.seq));
             }
         }
-        let reply = self.write(index, &cmd.op);
+        let reply = self.write(index, cmd.op);
         if let Some(old) =
             self.sessions.insert(cmd.client_id, Session { seq: cmd.seq, reply: reply.clone(), last_index: index })
         {
@@ -122,28 +134,37 @@ impl Kv {
     }
 
     /// Applies a write that carries no client session (the node's own bookkeeping).
-    pub fn apply_unsessioned(&mut self, index: LogIndex, op: &WriteOp) -> Reply {
+    pub fn apply_unsessioned(&mut self, index: LogIndex, op: WriteOp) -> Reply {
         self.applied = self.applied.max(index);
         self.write(index, op)
     }
 
-    fn write(&mut self, index: LogIndex, op: &WriteOp) -> Reply {
+    fn write(&mut self, index: LogIndex, op: WriteOp) -> Reply {
         match op {
             WriteOp::Put { key, value } => {
-                let existed = self.map.insert(key.clone(), value.clone()).is_some();
+                let existed = match self.map.entry(key) {
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        o.insert(value);
+                        true
+                    }
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(value);
+                        false
+                    }
+                };
                 Reply::Written { existed, index }
             }
-            WriteOp::Delete { key } => Reply::Written { existed: self.map.remove(key).is_some(), index },
+            WriteOp::Delete { key } => Reply::Written { existed: self.map.remove(&key).is_some(), index },
             WriteOp::Cas { key, expected, value } => {
-                let current = self.map.get(key).cloned();
-                let swapped = current == *expected;
+                let current = self.map.get(&key).cloned();
+                let swapped = current == expected;
                 if swapped {
                     match value {
                         Some(v) => {
-                            self.map.insert(key.clone(), v.clone());
+                            self.map.insert(key, v);
                         }
                         None => {
-                            self.map.remove(key);
+                            self.map.remove(&key);
                         }
                     }
                 }
@@ -190,22 +211,36 @@ mod tests {
             seq: 1,
             op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(b"a".to_vec()) },
         };
-        let first = kv.apply(LogIndex(1), &cas);
+        let first = kv.apply(LogIndex(1), cas.clone());
         assert!(matches!(first, Reply::Cas { swapped: true, .. }));
         // The retry lands later in the log (a new leader re-proposed it): same answer, no effect.
-        kv.apply(LogIndex(2), &put(2, 1, "k", b"b"));
-        assert_eq!(kv.apply(LogIndex(3), &cas), first);
+        kv.apply(LogIndex(2), put(2, 1, "k", b"b"));
+        assert_eq!(kv.apply(LogIndex(3), cas.clone()), first);
         assert_eq!(kv.get("k"), Some(&b"b"[..]));
-        assert!(matches!(kv.apply(LogIndex(4), &Command { seq: 0, ..cas }), Reply::Error(_)));
+        assert!(matches!(kv.apply(LogIndex(4), Command { seq: 0, ..cas }), Reply::Error(_)));
+    }
+
+    #[test]
+    fn a_borrowed_command_encodes_as_the_command() {
+        for cmd in [
+            put(7, 9, "some/key", &[1, 2, 3, 200]),
+            Command { client_id: 1, seq: 2, op: WriteOp::Delete { key: "k".into() } },
+            Command { client_id: 3, seq: 4, op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(vec![5]) } },
+        ] {
+            let by_ref = CommandRef { client_id: cmd.client_id, seq: cmd.seq, op: &cmd.op };
+            let bytes = postcard::to_allocvec(&by_ref).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&cmd).unwrap());
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), cmd);
+        }
     }
 
     #[test]
     fn sessions_are_bounded_and_the_oldest_goes_first() {
         let mut kv = Kv::new(2);
-        kv.apply(LogIndex(1), &put(1, 1, "a", b"1"));
-        kv.apply(LogIndex(2), &put(2, 1, "b", b"1"));
-        kv.apply(LogIndex(3), &put(1, 2, "a", b"2"));
-        kv.apply(LogIndex(4), &put(3, 1, "c", b"1"));
+        kv.apply(LogIndex(1), put(1, 1, "a", b"1"));
+        kv.apply(LogIndex(2), put(2, 1, "b", b"1"));
+        kv.apply(LogIndex(3), put(1, 2, "a", b"2"));
+        kv.apply(LogIndex(4), put(3, 1, "c", b"1"));
         assert_eq!(kv.sessions(), 2);
         assert!(kv.sessions.contains_key(&1) && kv.sessions.contains_key(&3), "client 2 was least recent");
     }
@@ -214,7 +249,7 @@ mod tests {
     fn list_pages_through_a_prefix_in_key_order() {
         let mut kv = Kv::new(10);
         for (i, k) in ["a/1", "a/2", "a/3", "b/1", "a"].iter().enumerate() {
-            kv.apply(LogIndex(i as u64 + 1), &put(1, i as u64 + 1, k, b"v"));
+            kv.apply(LogIndex(i as u64 + 1), put(1, i as u64 + 1, k, b"v"));
         }
         let (page, more) = kv.list("a/", None, 2);
         assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
@@ -231,7 +266,7 @@ mod tests {
             for (i, (client, key, del)) in ops.iter().enumerate() {
                 let key = format!("k{key}");
                 let op = if *del { WriteOp::Delete { key } } else { WriteOp::Put { key, value: vec![i as u8] } };
-                kv.apply(LogIndex(i as u64 + 1), &Command { client_id: *client, seq: i as u64 + 1, op });
+                kv.apply(LogIndex(i as u64 + 1), Command { client_id: *client, seq: i as u64 + 1, op });
             }
             let mut back = Kv::new(3);
             back.restore(&kv.snapshot()).unwrap();

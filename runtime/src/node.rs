@@ -173,6 +173,16 @@ struct PendingWrite {
     received: Instant,
 }
 
+/// A client write waiting to be proposed: who asked, and its command as the log carries it.
+struct Proposal {
+    from: SocketAddr,
+    client_id: u64,
+    seq: u64,
+    command: Vec<u8>,
+    is_cas: bool,
+    received: Instant,
+}
+
 struct PendingRead {
     from: SocketAddr,
     request: Request,
@@ -224,7 +234,8 @@ struct Node<V: Vfs> {
     /// its end, as few datagrams as fit.
     answers: BTreeMap<SocketAddr, Vec<Response>>,
     left: bool,
-    proposals: Vec<(SocketAddr, Request, WriteOp, Instant)>,
+    /// Writes waiting to be proposed, their commands already encoded.
+    proposals: Vec<Proposal>,
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
     pending_by_client: BTreeMap<(u64, u64), LogIndex>,
     pending_reads: BTreeMap<u64, PendingRead>,
@@ -604,9 +615,9 @@ impl<V: Vfs> Node<V> {
             self.reply(from, &req, Reply::Retry("too many requests in flight".into()), now, now);
             return;
         }
-        match req.op.clone() {
+        match &req.op {
             Op::Write(op) => {
-                if let Err(e) = protocol::validate_write(&op, self.cfg.limits.value_bytes_max) {
+                if let Err(e) = protocol::validate_write(op, self.cfg.limits.value_bytes_max) {
                     self.reply(from, &req, Reply::Error(e), now, now);
                 } else if op.key().starts_with(NODE_ADDR_PREFIX) {
                     self.reply(
@@ -632,7 +643,18 @@ impl<V: Vfs> Node<V> {
                         p.from = from;
                     }
                 } else {
-                    self.proposals.push((from, req, op, now));
+                    // Encoded from the request as it stands: no copy of the key or value.
+                    let cmd = kv::CommandRef { client_id: req.client_id, seq: req.seq, op };
+                    let command = postcard::to_allocvec(&cmd).unwrap_or_default();
+                    let is_cas = matches!(op, WriteOp::Cas { .. });
+                    self.proposals.push(Proposal {
+                        from,
+                        client_id: req.client_id,
+                        seq: req.seq,
+                        command,
+                        is_cas,
+                        received: now,
+                    });
                 }
             }
             Op::Get { .. } | Op::List { .. } if !self.raft.membership().is_member(self.me) => {
@@ -655,7 +677,10 @@ impl<V: Vfs> Node<V> {
                     }
                 }
             }
-            Op::Admin(op) => self.on_admin(now, from, req, op),
+            Op::Admin(op) => {
+                let op = op.clone();
+                self.on_admin(now, from, req, op)
+            }
         }
     }
 
@@ -674,26 +699,23 @@ impl<V: Vfs> Node<V> {
             return;
         }
         let now = self.now();
-        let batch = std::mem::take(&mut self.proposals);
-        let commands: Vec<Vec<u8>> = batch
-            .iter()
-            .map(|(_, req, op, _)| {
-                let cmd = kv::Command { client_id: req.client_id, seq: req.seq, op: op.clone() };
-                postcard::to_allocvec(&cmd).unwrap_or_default()
-            })
-            .collect();
+        let mut batch = std::mem::take(&mut self.proposals);
+        let commands: Vec<Vec<u8>> = batch.iter_mut().map(|p| std::mem::take(&mut p.command)).collect();
         match self.raft.propose_batch(now, commands) {
             Ok((first, _)) => {
-                for (i, (from, req, op, received)) in batch.into_iter().enumerate() {
+                for (i, p) in batch.into_iter().enumerate() {
                     let index = LogIndex(first.0 + i as u64);
-                    if self.planted(PlantedBug::AckBeforeFsync) && !matches!(op, WriteOp::Cas { .. }) {
-                        self.reply(from, &req, Reply::Written { existed: false, index }, received, now);
+                    if self.planted(PlantedBug::AckBeforeFsync) && !p.is_cas {
+                        let reply = Reply::Written { existed: false, index };
+                        self.respond(p.from, p.client_id, p.seq, reply, 0, p.received, now);
                         continue;
                     }
-                    debug!(node = self.me.0, client = req.client_id, seq = req.seq, index = index.0, "write proposed");
-                    self.pending_by_client.insert((req.client_id, req.seq), index);
-                    self.pending_writes
-                        .insert(index, PendingWrite { from, client_id: req.client_id, seq: req.seq, received });
+                    debug!(node = self.me.0, client = p.client_id, seq = p.seq, index = index.0, "write proposed");
+                    self.pending_by_client.insert((p.client_id, p.seq), index);
+                    self.pending_writes.insert(
+                        index,
+                        PendingWrite { from: p.from, client_id: p.client_id, seq: p.seq, received: p.received },
+                    );
                 }
             }
             Err(e) => {
@@ -702,8 +724,8 @@ impl<V: Vfs> Node<V> {
                     ProposeError::TooLarge { .. } => Reply::Error(e.to_string()),
                     _ => Reply::Retry(e.to_string()),
                 };
-                for (from, req, _, received) in batch {
-                    self.reply(from, &req, reply.clone(), received, now);
+                for p in batch {
+                    self.respond(p.from, p.client_id, p.seq, reply.clone(), 0, p.received, now);
                 }
             }
         }
@@ -1123,14 +1145,15 @@ impl<V: Vfs> Node<V> {
         match &e.payload {
             EntryPayload::Command(data) => match postcard::from_bytes::<kv::Command>(data) {
                 Ok(cmd) => {
+                    let (client_id, seq) = (cmd.client_id, cmd.seq);
                     // Internal writes (client 0: the address book) carry no session.
-                    let reply = if cmd.client_id == 0 {
-                        self.kv.apply_unsessioned(e.index, &cmd.op)
+                    let reply = if client_id == 0 {
+                        self.kv.apply_unsessioned(e.index, cmd.op)
                     } else {
-                        self.kv.apply(e.index, &cmd)
+                        self.kv.apply(e.index, cmd)
                     };
                     if let Some(p) = self.pending_writes.get(&e.index) {
-                        let matches = p.client_id == cmd.client_id && p.seq == cmd.seq;
+                        let matches = p.client_id == client_id && p.seq == seq;
                         let reply =
                             if matches { reply } else { Reply::Retry("superseded by a new leader; retry".into()) };
                         self.finish_write(e.index, reply, now);
