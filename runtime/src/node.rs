@@ -242,6 +242,9 @@ struct Node<V: Vfs> {
     ready_reads: BTreeMap<LogIndex, Vec<PendingRead>>,
     next_read_id: u64,
     learned_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The largest Raft datagram to send to each peer address: what the route carries whole,
+    /// asked of the OS once per address.
+    raft_datagram_max: BTreeMap<SocketAddr, usize>,
     admin: Vec<AdminTask>,
     snapshot_wanted: bool,
     internal_seq: u64,
@@ -390,7 +393,11 @@ pub async fn run_on<V: Vfs>(
         Raft::new(raft_config(&cfg), bootstrap, recovered, seed, now).map_err(|e| NodeError::Config(e.to_string()))?;
     let swim = Swim::new(swim_config(&cfg, cluster_id), gen, seed ^ 0x5357_494d, now)
         .map_err(|e| NodeError::Config(e.to_string()))?;
-    let limits = TransportLimits { datagram_bytes_max: cfg.limits.datagram_bytes, ..TransportLimits::default() };
+    let limits = TransportLimits {
+        datagram_bytes_max: cfg.limits.datagram_bytes,
+        raft_datagram_bytes_max: cfg.limits.raft_datagram_bytes,
+        ..TransportLimits::default()
+    };
     let transport = Transport::new(key, limits, seed.rotate_left(17) ^ gen.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let learned_addrs = cfg.initial_members.iter().map(|m| (NodeId(m.id), m.addr)).collect();
     let mut node = Node {
@@ -423,6 +430,7 @@ pub async fn run_on<V: Vfs>(
         ready_reads: BTreeMap::new(),
         next_read_id: 0,
         learned_addrs,
+        raft_datagram_max: BTreeMap::new(),
         admin: Vec::new(),
         snapshot_wanted: false,
         internal_seq: 0,
@@ -1056,7 +1064,8 @@ impl<V: Vfs> Node<V> {
                 };
                 match wire::encode(self.cluster_id, self.me, &message, usize::MAX) {
                     Ok(body) => {
-                        let Some(datagrams) = self.transport.seal(Kind::Raft, &body) else {
+                        let max = self.raft_datagram_max(addr);
+                        let Some(datagrams) = self.transport.seal_within(Kind::Raft, &body, max) else {
                             warn!(node = self.me.0, len = body.len(), "raft message over the transport limit");
                             return;
                         };
@@ -1122,6 +1131,17 @@ impl<V: Vfs> Node<V> {
             }
             Action::Event(e) => self.on_raft_event(e),
         }
+    }
+
+    /// The largest Raft datagram for `to`: up to `limits.raft_datagram_bytes` where the route
+    /// carries it without IP fragmentation (loopback, jumbo frames), else `datagram_bytes`.
+    fn raft_datagram_max(&mut self, to: SocketAddr) -> usize {
+        let limits = self.transport.limits();
+        let (small, large) = (limits.datagram_bytes_max, limits.raft_datagram_bytes_max);
+        *self
+            .raft_datagram_max
+            .entry(to)
+            .or_insert_with(|| sys::path_payload_max(to).map_or(small, |p| p.min(large)).max(small))
     }
 
     fn report(&self, event: NodeEvent) {
