@@ -6,7 +6,9 @@
 //! twice, on whichever node is leader when the retry arrives. Sessions are bounded; the one
 //! used least recently (by log index, so every node evicts the same one) goes first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use quorate_core::raft::LogIndex;
 use serde::{Deserialize, Serialize};
@@ -46,12 +48,80 @@ struct Session {
 /// The replicated map and its sessions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kv {
-    map: BTreeMap<String, Vec<u8>>,
+    map: Pairs,
     sessions: BTreeMap<u64, Session>,
     /// `(last_index, client_id)` of every session, oldest first, for eviction.
     by_age: BTreeSet<(LogIndex, u64)>,
     applied: LogIndex,
     sessions_max: usize,
+}
+
+/// The key-value pairs: values by hashed key for point reads and writes (a put that
+/// overwrites does one hash lookup, not a walk of string comparisons down a tree), keys in
+/// order for scans and snapshots. Nothing iterates the hash map, so its order never shows.
+/// Encodes exactly as the `BTreeMap<String, Vec<u8>>` it replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Pairs {
+    values: HashMap<Arc<str>, Vec<u8>>,
+    keys: BTreeSet<Arc<str>>,
+}
+
+impl Pairs {
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.values.get(key)
+    }
+
+    /// Sets `key` to `value`; true if it was there.
+    fn put(&mut self, key: String, value: Vec<u8>) -> bool {
+        if let Some(v) = self.values.get_mut(key.as_str()) {
+            *v = value;
+            return true;
+        }
+        let key: Arc<str> = Arc::from(key);
+        self.keys.insert(key.clone());
+        self.values.insert(key, value);
+        false
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
+        let value = self.values.remove(key)?;
+        self.keys.remove(key);
+        Some(value)
+    }
+
+    /// Pairs in key order from `lower` on.
+    fn range<'a>(&'a self, lower: Bound<&'a str>) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.keys
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|k| (&**k, self.values.get(k).map_or(&[][..], Vec::as_slice)))
+    }
+}
+
+impl Serialize for Pairs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // A `[u8]` is a sequence to serde, as a `Vec<u8>` is: the same bytes as before.
+        let mut map = s.serialize_map(Some(self.keys.len()))?;
+        for (k, v) in self.range(Bound::Unbounded) {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, Vec<u8>>::deserialize(d)?;
+        let mut pairs = Pairs::default();
+        for (k, v) in map {
+            pairs.put(k, v);
+        }
+        Ok(pairs)
+    }
 }
 
 /// Why a snapshot could not be restored.
@@ -77,7 +147,7 @@ impl Kv {
 
     /// True if no key is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// The value of `key`.
@@ -89,15 +159,15 @@ impl Kv {
     pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> (Vec<(String, Vec<u8>)>, bool) {
         let mut items = Vec::new();
         let lower = match start_after {
-            Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_string()),
-            _ => std::ops::Bound::Included(prefix.to_string()),
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
         };
-        let mut range = self.map.range((lower, std::ops::Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix));
+        let mut range = self.map.range(lower).take_while(|(k, _)| k.starts_with(prefix));
         for (k, v) in range.by_ref() {
             if items.len() == limit {
                 return (items, true);
             }
-            items.push((k.clone(), v.clone()));
+            items.push((k.to_string(), v.to_vec()));
         }
         (items, false)
     }
@@ -141,19 +211,7 @@ impl Kv {
 
     fn write(&mut self, index: LogIndex, op: WriteOp) -> Reply {
         match op {
-            WriteOp::Put { key, value } => {
-                let existed = match self.map.entry(key) {
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        o.insert(value);
-                        true
-                    }
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(value);
-                        false
-                    }
-                };
-                Reply::Written { existed, index }
-            }
+            WriteOp::Put { key, value } => Reply::Written { existed: self.map.put(key, value), index },
             WriteOp::Delete { key } => Reply::Written { existed: self.map.remove(&key).is_some(), index },
             WriteOp::Cas { key, expected, value } => {
                 let current = self.map.get(&key).cloned();
@@ -161,7 +219,7 @@ impl Kv {
                 if swapped {
                     match value {
                         Some(v) => {
-                            self.map.insert(key, v);
+                            self.map.put(key, v);
                         }
                         None => {
                             self.map.remove(&key);
@@ -260,6 +318,28 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_pairs_encode_as_the_ordered_map_they_replace(
+            ops in proptest::collection::vec(("[a-c]{0,3}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..5))), 0..40)
+        ) {
+            let (mut pairs, mut map) = (Pairs::default(), BTreeMap::new());
+            for (k, v) in ops {
+                match v {
+                    Some(v) => {
+                        prop_assert_eq!(pairs.put(k.clone(), v.clone()), map.insert(k, v).is_some());
+                    }
+                    None => prop_assert_eq!(pairs.remove(&k), map.remove(&k)),
+                }
+            }
+            let bytes = postcard::to_allocvec(&pairs).unwrap();
+            prop_assert_eq!(&bytes, &postcard::to_allocvec(&map).unwrap());
+            prop_assert_eq!(postcard::from_bytes::<Pairs>(&bytes).unwrap(), pairs.clone());
+            prop_assert_eq!(pairs.len(), map.len());
+            for (k, v) in &map {
+                prop_assert_eq!(pairs.get(k), Some(v));
+            }
+        }
+
         #[test]
         fn snapshot_and_restore_reproduce_the_state(ops in proptest::collection::vec((0u64..4, 0u8..6, any::<bool>()), 0..60)) {
             let mut kv = Kv::new(3);

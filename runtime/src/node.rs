@@ -653,7 +653,15 @@ impl<V: Vfs> Node<V> {
                 } else {
                     // Encoded from the request as it stands: no copy of the key or value.
                     let cmd = kv::CommandRef { client_id: req.client_id, seq: req.seq, op };
-                    let command = postcard::to_allocvec(&cmd).unwrap_or_default();
+                    // Room for the whole command at once (ids and lengths are varints).
+                    let room = match op {
+                        WriteOp::Put { key, value } => key.len() + value.len(),
+                        WriteOp::Delete { key } => key.len(),
+                        WriteOp::Cas { key, expected, value } => {
+                            key.len() + expected.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len)
+                        }
+                    };
+                    let command = postcard::to_extend(&cmd, Vec::with_capacity(room + 40)).unwrap_or_default();
                     let is_cas = matches!(op, WriteOp::Cas { .. });
                     self.proposals.push(Proposal {
                         from,
