@@ -104,10 +104,17 @@ impl Pairs {
 impl Serialize for Pairs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        // A `[u8]` is a sequence to serde, as a `Vec<u8>` is: the same bytes as before.
+        // Values as byte strings: postcard writes them exactly as a `Vec<u8>`'s sequence (a
+        // length, then the bytes), in one copy instead of one call per byte.
+        struct Value<'a>(&'a [u8]);
+        impl Serialize for Value<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
         let mut map = s.serialize_map(Some(self.keys.len()))?;
         for (k, v) in self.range(Bound::Unbounded) {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(k, &Value(v))?;
         }
         map.end()
     }
@@ -115,10 +122,13 @@ impl Serialize for Pairs {
 
 impl<'de> Deserialize<'de> for Pairs {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, Vec<u8>>::deserialize(d)?;
+        /// A value, decoded as a byte string (the same bytes as a `Vec<u8>`, in one copy).
+        #[derive(Deserialize)]
+        struct Value(#[serde(with = "crate::protocol::byte_string")] Vec<u8>);
+        let map = BTreeMap::<String, Value>::deserialize(d)?;
         let mut pairs = Pairs::default();
         for (k, v) in map {
-            pairs.put(k, v);
+            pairs.put(k, v.0);
         }
         Ok(pairs)
     }

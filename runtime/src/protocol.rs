@@ -15,16 +15,16 @@ use serde::{Deserialize, Serialize};
 /// Values as byte strings in serde: postcard writes them exactly as a `Vec<u8>`'s sequence of
 /// bytes (a length, then the bytes), so the wire format is unchanged, but decoding copies the
 /// bytes in one go instead of visiting them one at a time.
-mod byte_string {
+pub(crate) mod byte_string {
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
     use serde::Serializer;
     use std::fmt;
 
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         d.deserialize_bytes(BytesVisitor)
     }
 
