@@ -293,7 +293,11 @@ mod tests {
         for cmd in [
             put(7, 9, "some/key", &[1, 2, 3, 200]),
             Command { client_id: 1, seq: 2, op: WriteOp::Delete { key: "k".into() } },
-            Command { client_id: 3, seq: 4, op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(vec![5]) } },
+            Command {
+                client_id: 3,
+                seq: 4,
+                op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(vec![5]) },
+            },
         ] {
             let by_ref = CommandRef { client_id: cmd.client_id, seq: cmd.seq, op: &cmd.op };
             let bytes = postcard::to_allocvec(&by_ref).unwrap();
