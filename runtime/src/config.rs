@@ -116,8 +116,13 @@ impl Default for SwimSection {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
-    /// Largest datagram sent or accepted.
+    /// Largest datagram sent or accepted (the Raft traffic's aside).
     pub datagram_bytes: usize,
+    /// Largest Raft datagram sent or accepted: a Raft message up to this size goes as one
+    /// datagram when the route to the peer carries it whole (the OS's path MTU: loopback's
+    /// 64 KiB, jumbo frames), and in `datagram_bytes` fragments otherwise. The same on every
+    /// node.
+    pub raft_datagram_bytes: usize,
     /// Largest value a client may write.
     pub value_bytes_max: usize,
     /// Client sessions remembered for at-most-once writes.
@@ -130,6 +135,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             datagram_bytes: 1400,
+            raft_datagram_bytes: 65_000,
             value_bytes_max: 64 << 10,
             client_sessions_max: 100_000,
             pending_requests_max: 16_384,
@@ -276,6 +282,9 @@ impl NodeConfig {
         if !(512..=65_000).contains(&l.datagram_bytes) {
             return bad("limits.datagram_bytes", "512 to 65000 bytes (1400 fits every Ethernet path)");
         }
+        if !(l.datagram_bytes..=65_000).contains(&l.raft_datagram_bytes) {
+            return bad("limits.raft_datagram_bytes", "limits.datagram_bytes to 65000 bytes");
+        }
         if l.value_bytes_max == 0 || l.value_bytes_max as u64 > (4 << 20) {
             return bad("limits.value_bytes_max", "1 byte to 4 MiB");
         }
@@ -350,6 +359,7 @@ cluster_key_file = "/tmp/k"
             ("[raft]\nheartbeat_interval_ms = 100\n", "raft.heartbeat_interval_ms"),
             ("[raft]\nelection_timeout_max_ms = 100\n", "raft.election_timeout_max_ms"),
             ("[limits]\ndatagram_bytes = 70000\n", "limits.datagram_bytes"),
+            ("[limits]\nraft_datagram_bytes = 1000\n", "limits.raft_datagram_bytes"),
             ("initial_members = [{ id = 2, addr = \"127.0.0.1:7002\" }]\n", "initial_members"),
         ];
         for (extra, field) in cases {

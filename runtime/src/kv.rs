@@ -6,7 +6,9 @@
 //! twice, on whichever node is leader when the retry arrives. Sessions are bounded; the one
 //! used least recently (by log index, so every node evicts the same one) goes first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use quorate_core::raft::LogIndex;
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,18 @@ pub struct Command {
     pub op: WriteOp,
 }
 
+/// A [`Command`] borrowing its write: encodes exactly as the `Command` it describes, so a
+/// node can put a client's request into the log without copying its key or value first.
+#[derive(Debug, Serialize)]
+pub struct CommandRef<'a> {
+    /// The client's id.
+    pub client_id: u64,
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The write.
+    pub op: &'a WriteOp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Session {
     seq: u64,
@@ -34,12 +48,90 @@ struct Session {
 /// The replicated map and its sessions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kv {
-    map: BTreeMap<String, Vec<u8>>,
+    map: Pairs,
     sessions: BTreeMap<u64, Session>,
     /// `(last_index, client_id)` of every session, oldest first, for eviction.
     by_age: BTreeSet<(LogIndex, u64)>,
     applied: LogIndex,
     sessions_max: usize,
+}
+
+/// The key-value pairs: values by hashed key for point reads and writes (a put that
+/// overwrites does one hash lookup, not a walk of string comparisons down a tree), keys in
+/// order for scans and snapshots. Nothing iterates the hash map, so its order never shows.
+/// Encodes exactly as the `BTreeMap<String, Vec<u8>>` it replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Pairs {
+    values: HashMap<Arc<str>, Vec<u8>>,
+    keys: BTreeSet<Arc<str>>,
+}
+
+impl Pairs {
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.values.get(key)
+    }
+
+    /// Sets `key` to `value`; true if it was there.
+    fn put(&mut self, key: String, value: Vec<u8>) -> bool {
+        if let Some(v) = self.values.get_mut(key.as_str()) {
+            *v = value;
+            return true;
+        }
+        let key: Arc<str> = Arc::from(key);
+        self.keys.insert(key.clone());
+        self.values.insert(key, value);
+        false
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Vec<u8>> {
+        let value = self.values.remove(key)?;
+        self.keys.remove(key);
+        Some(value)
+    }
+
+    /// Pairs in key order from `lower` on.
+    fn range<'a>(&'a self, lower: Bound<&'a str>) -> impl Iterator<Item = (&'a str, &'a [u8])> + 'a {
+        self.keys
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|k| (&**k, self.values.get(k).map_or(&[][..], Vec::as_slice)))
+    }
+}
+
+impl Serialize for Pairs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // Values as byte strings: postcard writes them exactly as a `Vec<u8>`'s sequence (a
+        // length, then the bytes), in one copy instead of one call per byte.
+        struct Value<'a>(&'a [u8]);
+        impl Serialize for Value<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        let mut map = s.serialize_map(Some(self.keys.len()))?;
+        for (k, v) in self.range(Bound::Unbounded) {
+            map.serialize_entry(k, &Value(v))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A value, decoded as a byte string (the same bytes as a `Vec<u8>`, in one copy).
+        #[derive(Deserialize)]
+        struct Value(#[serde(with = "crate::protocol::byte_string")] Vec<u8>);
+        let map = BTreeMap::<String, Value>::deserialize(d)?;
+        let mut pairs = Pairs::default();
+        for (k, v) in map {
+            pairs.put(k, v.0);
+        }
+        Ok(pairs)
+    }
 }
 
 /// Why a snapshot could not be restored.
@@ -65,7 +157,7 @@ impl Kv {
 
     /// True if no key is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// The value of `key`.
@@ -77,15 +169,15 @@ impl Kv {
     pub fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> (Vec<(String, Vec<u8>)>, bool) {
         let mut items = Vec::new();
         let lower = match start_after {
-            Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_string()),
-            _ => std::ops::Bound::Included(prefix.to_string()),
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
         };
-        let mut range = self.map.range((lower, std::ops::Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix));
+        let mut range = self.map.range(lower).take_while(|(k, _)| k.starts_with(prefix));
         for (k, v) in range.by_ref() {
             if items.len() == limit {
                 return (items, true);
             }
-            items.push((k.clone(), v.clone()));
+            items.push((k.to_string(), v.to_vec()));
         }
         (items, false)
     }
@@ -96,8 +188,8 @@ impl Kv {
     }
 
     /// Applies a committed command at `index` and returns its reply (the remembered one for a
-    /// retry).
-    pub fn apply(&mut self, index: LogIndex, cmd: &Command) -> Reply {
+    /// retry). The command's key and value move into the map.
+    pub fn apply(&mut self, index: LogIndex, cmd: Command) -> Reply {
         self.applied = self.applied.max(index);
         if let Some(s) = self.sessions.get(&cmd.client_id) {
             if cmd.seq == s.seq {
@@ -107,7 +199,7 @@ impl Kv {
                 return Reply::Error(format!("request {} is older than this client's last ({})", cmd.seq, s.seq));
             }
         }
-        let reply = self.write(index, &cmd.op);
+        let reply = self.write(index, cmd.op);
         if let Some(old) =
             self.sessions.insert(cmd.client_id, Session { seq: cmd.seq, reply: reply.clone(), last_index: index })
         {
@@ -122,28 +214,25 @@ impl Kv {
     }
 
     /// Applies a write that carries no client session (the node's own bookkeeping).
-    pub fn apply_unsessioned(&mut self, index: LogIndex, op: &WriteOp) -> Reply {
+    pub fn apply_unsessioned(&mut self, index: LogIndex, op: WriteOp) -> Reply {
         self.applied = self.applied.max(index);
         self.write(index, op)
     }
 
-    fn write(&mut self, index: LogIndex, op: &WriteOp) -> Reply {
+    fn write(&mut self, index: LogIndex, op: WriteOp) -> Reply {
         match op {
-            WriteOp::Put { key, value } => {
-                let existed = self.map.insert(key.clone(), value.clone()).is_some();
-                Reply::Written { existed, index }
-            }
-            WriteOp::Delete { key } => Reply::Written { existed: self.map.remove(key).is_some(), index },
+            WriteOp::Put { key, value } => Reply::Written { existed: self.map.put(key, value), index },
+            WriteOp::Delete { key } => Reply::Written { existed: self.map.remove(&key).is_some(), index },
             WriteOp::Cas { key, expected, value } => {
-                let current = self.map.get(key).cloned();
-                let swapped = current == *expected;
+                let current = self.map.get(&key).cloned();
+                let swapped = current == expected;
                 if swapped {
                     match value {
                         Some(v) => {
-                            self.map.insert(key.clone(), v.clone());
+                            self.map.put(key, v);
                         }
                         None => {
-                            self.map.remove(key);
+                            self.map.remove(&key);
                         }
                     }
                 }
@@ -190,22 +279,40 @@ mod tests {
             seq: 1,
             op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(b"a".to_vec()) },
         };
-        let first = kv.apply(LogIndex(1), &cas);
+        let first = kv.apply(LogIndex(1), cas.clone());
         assert!(matches!(first, Reply::Cas { swapped: true, .. }));
         // The retry lands later in the log (a new leader re-proposed it): same answer, no effect.
-        kv.apply(LogIndex(2), &put(2, 1, "k", b"b"));
-        assert_eq!(kv.apply(LogIndex(3), &cas), first);
+        kv.apply(LogIndex(2), put(2, 1, "k", b"b"));
+        assert_eq!(kv.apply(LogIndex(3), cas.clone()), first);
         assert_eq!(kv.get("k"), Some(&b"b"[..]));
-        assert!(matches!(kv.apply(LogIndex(4), &Command { seq: 0, ..cas }), Reply::Error(_)));
+        assert!(matches!(kv.apply(LogIndex(4), Command { seq: 0, ..cas }), Reply::Error(_)));
+    }
+
+    #[test]
+    fn a_borrowed_command_encodes_as_the_command() {
+        for cmd in [
+            put(7, 9, "some/key", &[1, 2, 3, 200]),
+            Command { client_id: 1, seq: 2, op: WriteOp::Delete { key: "k".into() } },
+            Command {
+                client_id: 3,
+                seq: 4,
+                op: WriteOp::Cas { key: "k".into(), expected: None, value: Some(vec![5]) },
+            },
+        ] {
+            let by_ref = CommandRef { client_id: cmd.client_id, seq: cmd.seq, op: &cmd.op };
+            let bytes = postcard::to_allocvec(&by_ref).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&cmd).unwrap());
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), cmd);
+        }
     }
 
     #[test]
     fn sessions_are_bounded_and_the_oldest_goes_first() {
         let mut kv = Kv::new(2);
-        kv.apply(LogIndex(1), &put(1, 1, "a", b"1"));
-        kv.apply(LogIndex(2), &put(2, 1, "b", b"1"));
-        kv.apply(LogIndex(3), &put(1, 2, "a", b"2"));
-        kv.apply(LogIndex(4), &put(3, 1, "c", b"1"));
+        kv.apply(LogIndex(1), put(1, 1, "a", b"1"));
+        kv.apply(LogIndex(2), put(2, 1, "b", b"1"));
+        kv.apply(LogIndex(3), put(1, 2, "a", b"2"));
+        kv.apply(LogIndex(4), put(3, 1, "c", b"1"));
         assert_eq!(kv.sessions(), 2);
         assert!(kv.sessions.contains_key(&1) && kv.sessions.contains_key(&3), "client 2 was least recent");
     }
@@ -214,7 +321,7 @@ mod tests {
     fn list_pages_through_a_prefix_in_key_order() {
         let mut kv = Kv::new(10);
         for (i, k) in ["a/1", "a/2", "a/3", "b/1", "a"].iter().enumerate() {
-            kv.apply(LogIndex(i as u64 + 1), &put(1, i as u64 + 1, k, b"v"));
+            kv.apply(LogIndex(i as u64 + 1), put(1, i as u64 + 1, k, b"v"));
         }
         let (page, more) = kv.list("a/", None, 2);
         assert_eq!(page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
@@ -226,12 +333,34 @@ mod tests {
 
     proptest! {
         #[test]
+        fn the_pairs_encode_as_the_ordered_map_they_replace(
+            ops in proptest::collection::vec(("[a-c]{0,3}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..5))), 0..40)
+        ) {
+            let (mut pairs, mut map) = (Pairs::default(), BTreeMap::new());
+            for (k, v) in ops {
+                match v {
+                    Some(v) => {
+                        prop_assert_eq!(pairs.put(k.clone(), v.clone()), map.insert(k, v).is_some());
+                    }
+                    None => prop_assert_eq!(pairs.remove(&k), map.remove(&k)),
+                }
+            }
+            let bytes = postcard::to_allocvec(&pairs).unwrap();
+            prop_assert_eq!(&bytes, &postcard::to_allocvec(&map).unwrap());
+            prop_assert_eq!(postcard::from_bytes::<Pairs>(&bytes).unwrap(), pairs.clone());
+            prop_assert_eq!(pairs.len(), map.len());
+            for (k, v) in &map {
+                prop_assert_eq!(pairs.get(k), Some(v));
+            }
+        }
+
+        #[test]
         fn snapshot_and_restore_reproduce_the_state(ops in proptest::collection::vec((0u64..4, 0u8..6, any::<bool>()), 0..60)) {
             let mut kv = Kv::new(3);
             for (i, (client, key, del)) in ops.iter().enumerate() {
                 let key = format!("k{key}");
                 let op = if *del { WriteOp::Delete { key } } else { WriteOp::Put { key, value: vec![i as u8] } };
-                kv.apply(LogIndex(i as u64 + 1), &Command { client_id: *client, seq: i as u64 + 1, op });
+                kv.apply(LogIndex(i as u64 + 1), Command { client_id: *client, seq: i as u64 + 1, op });
             }
             let mut back = Kv::new(3);
             back.restore(&kv.snapshot()).unwrap();

@@ -173,6 +173,16 @@ struct PendingWrite {
     received: Instant,
 }
 
+/// A client write waiting to be proposed: who asked, and its command as the log carries it.
+struct Proposal {
+    from: SocketAddr,
+    client_id: u64,
+    seq: u64,
+    command: Vec<u8>,
+    is_cas: bool,
+    received: Instant,
+}
+
 struct PendingRead {
     from: SocketAddr,
     request: Request,
@@ -224,13 +234,17 @@ struct Node<V: Vfs> {
     /// its end, as few datagrams as fit.
     answers: BTreeMap<SocketAddr, Vec<Response>>,
     left: bool,
-    proposals: Vec<(SocketAddr, Request, WriteOp, Instant)>,
+    /// Writes waiting to be proposed, their commands already encoded.
+    proposals: Vec<Proposal>,
     pending_writes: BTreeMap<LogIndex, PendingWrite>,
     pending_by_client: BTreeMap<(u64, u64), LogIndex>,
     pending_reads: BTreeMap<u64, PendingRead>,
     ready_reads: BTreeMap<LogIndex, Vec<PendingRead>>,
     next_read_id: u64,
     learned_addrs: BTreeMap<NodeId, SocketAddr>,
+    /// The largest Raft datagram to send to each peer address: what the route carries whole,
+    /// asked of the OS once per address.
+    raft_datagram_max: BTreeMap<SocketAddr, usize>,
     admin: Vec<AdminTask>,
     snapshot_wanted: bool,
     internal_seq: u64,
@@ -379,7 +393,11 @@ pub async fn run_on<V: Vfs>(
         Raft::new(raft_config(&cfg), bootstrap, recovered, seed, now).map_err(|e| NodeError::Config(e.to_string()))?;
     let swim = Swim::new(swim_config(&cfg, cluster_id), gen, seed ^ 0x5357_494d, now)
         .map_err(|e| NodeError::Config(e.to_string()))?;
-    let limits = TransportLimits { datagram_bytes_max: cfg.limits.datagram_bytes, ..TransportLimits::default() };
+    let limits = TransportLimits {
+        datagram_bytes_max: cfg.limits.datagram_bytes,
+        raft_datagram_bytes_max: cfg.limits.raft_datagram_bytes,
+        ..TransportLimits::default()
+    };
     let transport = Transport::new(key, limits, seed.rotate_left(17) ^ gen.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let learned_addrs = cfg.initial_members.iter().map(|m| (NodeId(m.id), m.addr)).collect();
     let mut node = Node {
@@ -412,6 +430,7 @@ pub async fn run_on<V: Vfs>(
         ready_reads: BTreeMap::new(),
         next_read_id: 0,
         learned_addrs,
+        raft_datagram_max: BTreeMap::new(),
         admin: Vec::new(),
         snapshot_wanted: false,
         internal_seq: 0,
@@ -604,9 +623,9 @@ impl<V: Vfs> Node<V> {
             self.reply(from, &req, Reply::Retry("too many requests in flight".into()), now, now);
             return;
         }
-        match req.op.clone() {
+        match &req.op {
             Op::Write(op) => {
-                if let Err(e) = protocol::validate_write(&op, self.cfg.limits.value_bytes_max) {
+                if let Err(e) = protocol::validate_write(op, self.cfg.limits.value_bytes_max) {
                     self.reply(from, &req, Reply::Error(e), now, now);
                 } else if op.key().starts_with(NODE_ADDR_PREFIX) {
                     self.reply(
@@ -632,7 +651,26 @@ impl<V: Vfs> Node<V> {
                         p.from = from;
                     }
                 } else {
-                    self.proposals.push((from, req, op, now));
+                    // Encoded from the request as it stands: no copy of the key or value.
+                    let cmd = kv::CommandRef { client_id: req.client_id, seq: req.seq, op };
+                    // Room for the whole command at once (ids and lengths are varints).
+                    let room = match op {
+                        WriteOp::Put { key, value } => key.len() + value.len(),
+                        WriteOp::Delete { key } => key.len(),
+                        WriteOp::Cas { key, expected, value } => {
+                            key.len() + expected.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len)
+                        }
+                    };
+                    let command = postcard::to_extend(&cmd, Vec::with_capacity(room + 40)).unwrap_or_default();
+                    let is_cas = matches!(op, WriteOp::Cas { .. });
+                    self.proposals.push(Proposal {
+                        from,
+                        client_id: req.client_id,
+                        seq: req.seq,
+                        command,
+                        is_cas,
+                        received: now,
+                    });
                 }
             }
             Op::Get { .. } | Op::List { .. } if !self.raft.membership().is_member(self.me) => {
@@ -655,7 +693,10 @@ impl<V: Vfs> Node<V> {
                     }
                 }
             }
-            Op::Admin(op) => self.on_admin(now, from, req, op),
+            Op::Admin(op) => {
+                let op = op.clone();
+                self.on_admin(now, from, req, op)
+            }
         }
     }
 
@@ -664,32 +705,33 @@ impl<V: Vfs> Node<V> {
         Reply::NotLeader { leader, addr: leader.and_then(|l| self.addr_of(l)) }
     }
 
-    /// Proposes every write received in this step as one batch.
+    /// Proposes every write received since the last proposal as one batch, unless a storage
+    /// batch is still in flight: the appends of a proposal made now would be held behind that
+    /// batch anyway (persist before send), so the writes wait for it here instead and leave in
+    /// one larger append per follower (one MAC, datagram and follower step instead of several)
+    /// and one write of this node's log, as soon as it is durable.
     fn flush_proposals(&mut self) {
-        if self.proposals.is_empty() {
+        if self.proposals.is_empty() || self.durable_seq < self.issued_seq {
             return;
         }
         let now = self.now();
-        let batch = std::mem::take(&mut self.proposals);
-        let commands: Vec<Vec<u8>> = batch
-            .iter()
-            .map(|(_, req, op, _)| {
-                let cmd = kv::Command { client_id: req.client_id, seq: req.seq, op: op.clone() };
-                postcard::to_allocvec(&cmd).unwrap_or_default()
-            })
-            .collect();
+        let mut batch = std::mem::take(&mut self.proposals);
+        let commands: Vec<Vec<u8>> = batch.iter_mut().map(|p| std::mem::take(&mut p.command)).collect();
         match self.raft.propose_batch(now, commands) {
             Ok((first, _)) => {
-                for (i, (from, req, op, received)) in batch.into_iter().enumerate() {
+                for (i, p) in batch.into_iter().enumerate() {
                     let index = LogIndex(first.0 + i as u64);
-                    if self.planted(PlantedBug::AckBeforeFsync) && !matches!(op, WriteOp::Cas { .. }) {
-                        self.reply(from, &req, Reply::Written { existed: false, index }, received, now);
+                    if self.planted(PlantedBug::AckBeforeFsync) && !p.is_cas {
+                        let reply = Reply::Written { existed: false, index };
+                        self.respond(p.from, p.client_id, p.seq, reply, 0, p.received, now);
                         continue;
                     }
-                    debug!(node = self.me.0, client = req.client_id, seq = req.seq, index = index.0, "write proposed");
-                    self.pending_by_client.insert((req.client_id, req.seq), index);
-                    self.pending_writes
-                        .insert(index, PendingWrite { from, client_id: req.client_id, seq: req.seq, received });
+                    debug!(node = self.me.0, client = p.client_id, seq = p.seq, index = index.0, "write proposed");
+                    self.pending_by_client.insert((p.client_id, p.seq), index);
+                    self.pending_writes.insert(
+                        index,
+                        PendingWrite { from: p.from, client_id: p.client_id, seq: p.seq, received: p.received },
+                    );
                 }
             }
             Err(e) => {
@@ -698,8 +740,8 @@ impl<V: Vfs> Node<V> {
                     ProposeError::TooLarge { .. } => Reply::Error(e.to_string()),
                     _ => Reply::Retry(e.to_string()),
                 };
-                for (from, req, _, received) in batch {
-                    self.reply(from, &req, reply.clone(), received, now);
+                for p in batch {
+                    self.respond(p.from, p.client_id, p.seq, reply.clone(), 0, p.received, now);
                 }
             }
         }
@@ -1030,7 +1072,8 @@ impl<V: Vfs> Node<V> {
                 };
                 match wire::encode(self.cluster_id, self.me, &message, usize::MAX) {
                     Ok(body) => {
-                        let Some(datagrams) = self.transport.seal(Kind::Raft, &body) else {
+                        let max = self.raft_datagram_max(addr);
+                        let Some(datagrams) = self.transport.seal_within(Kind::Raft, &body, max) else {
                             warn!(node = self.me.0, len = body.len(), "raft message over the transport limit");
                             return;
                         };
@@ -1098,6 +1141,17 @@ impl<V: Vfs> Node<V> {
         }
     }
 
+    /// The largest Raft datagram for `to`: up to `limits.raft_datagram_bytes` where the route
+    /// carries it without IP fragmentation (loopback, jumbo frames), else `datagram_bytes`.
+    fn raft_datagram_max(&mut self, to: SocketAddr) -> usize {
+        let limits = self.transport.limits();
+        let (small, large) = (limits.datagram_bytes_max, limits.raft_datagram_bytes_max);
+        *self
+            .raft_datagram_max
+            .entry(to)
+            .or_insert_with(|| sys::path_payload_max(to).map_or(small, |p| p.min(large)).max(small))
+    }
+
     fn report(&self, event: NodeEvent) {
         if let Some(tx) = &self.events {
             let _ = tx.send(event);
@@ -1119,14 +1173,15 @@ impl<V: Vfs> Node<V> {
         match &e.payload {
             EntryPayload::Command(data) => match postcard::from_bytes::<kv::Command>(data) {
                 Ok(cmd) => {
+                    let (client_id, seq) = (cmd.client_id, cmd.seq);
                     // Internal writes (client 0: the address book) carry no session.
-                    let reply = if cmd.client_id == 0 {
-                        self.kv.apply_unsessioned(e.index, &cmd.op)
+                    let reply = if client_id == 0 {
+                        self.kv.apply_unsessioned(e.index, cmd.op)
                     } else {
-                        self.kv.apply(e.index, &cmd)
+                        self.kv.apply(e.index, cmd)
                     };
                     if let Some(p) = self.pending_writes.get(&e.index) {
-                        let matches = p.client_id == cmd.client_id && p.seq == cmd.seq;
+                        let matches = p.client_id == client_id && p.seq == seq;
                         let reply =
                             if matches { reply } else { Reply::Retry("superseded by a new leader; retry".into()) };
                         self.finish_write(e.index, reply, now);

@@ -12,6 +12,99 @@ use quorate_core::raft::{LogIndex, Role, Term};
 use quorate_core::NodeId;
 use serde::{Deserialize, Serialize};
 
+/// Values as byte strings in serde: postcard writes them exactly as a `Vec<u8>`'s sequence of
+/// bytes (a length, then the bytes), so the wire format is unchanged, but decoding copies the
+/// bytes in one go instead of visiting them one at a time.
+pub(crate) mod byte_string {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Serializer;
+    use std::fmt;
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // The length hint comes from the peer: never trust it for the allocation.
+            let mut data = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element::<u8>()? {
+                data.push(b);
+            }
+            Ok(data)
+        }
+    }
+
+    /// The same for an optional value.
+    pub(super) mod option {
+        use super::BytesVisitor;
+        use serde::de::{Deserializer, Error, Visitor};
+        use serde::{Serialize, Serializer};
+        use std::fmt;
+
+        struct Bytes<'a>(&'a [u8]);
+
+        impl Serialize for Bytes<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+
+        pub(in crate::protocol) fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => s.serialize_some(&Bytes(v)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(in crate::protocol) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+            d.deserialize_option(OptionVisitor)
+        }
+
+        struct OptionVisitor;
+
+        impl<'de> Visitor<'de> for OptionVisitor {
+            type Value = Option<Vec<u8>>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an optional byte string")
+            }
+
+            fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_bytes(BytesVisitor).map(Some)
+            }
+        }
+    }
+}
+
 /// Longest key accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
 
@@ -34,6 +127,7 @@ pub enum WriteOp {
         /// The key.
         key: String,
         /// The value.
+        #[serde(with = "byte_string")]
         value: Vec<u8>,
     },
     /// Removes `key`.
@@ -47,8 +141,10 @@ pub enum WriteOp {
         /// The key.
         key: String,
         /// What the key must hold for the swap to happen.
+        #[serde(with = "byte_string::option")]
         expected: Option<Vec<u8>>,
         /// The new value, or `None` to delete.
+        #[serde(with = "byte_string::option")]
         value: Option<Vec<u8>>,
     },
 }
@@ -137,12 +233,13 @@ pub enum Reply {
         /// True if the swap happened.
         swapped: bool,
         /// The value the key held when the swap was decided.
+        #[serde(with = "byte_string::option")]
         current: Option<Vec<u8>>,
         /// The log index the request was applied at.
         index: LogIndex,
     },
     /// A value read (or `None`).
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "byte_string::option")] Option<Vec<u8>>),
     /// Keys and values read, and whether more follow.
     Listed {
         /// The pairs, in key order.
@@ -389,6 +486,60 @@ mod tests {
     fn put(client_id: u64, seq: u64, value_bytes: usize) -> Request {
         let op = Op::Write(WriteOp::Put { key: format!("k/{client_id}/{seq}"), value: vec![7; value_bytes] });
         Request { client_id, seq, op }
+    }
+
+    /// `WriteOp` and the value-carrying replies as they were encoded before their values
+    /// became byte strings: plain `Vec<u8>` fields.
+    mod plain {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        pub enum WriteOp {
+            Put { key: String, value: Vec<u8> },
+            Delete { key: String },
+            Cas { key: String, expected: Option<Vec<u8>>, value: Option<Vec<u8>> },
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        pub enum Reply {
+            Written { existed: bool, index: u64 },
+            Cas { swapped: bool, current: Option<Vec<u8>>, index: u64 },
+            Value(Option<Vec<u8>>),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn byte_string_values_keep_the_wire_format(
+            key in "[a-z/]{0,20}",
+            value in proptest::collection::vec(any::<u8>(), 0..300),
+            other in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+        ) {
+            let ops = [
+                (WriteOp::Put { key: key.clone(), value: value.clone() },
+                 plain::WriteOp::Put { key: key.clone(), value: value.clone() }),
+                (WriteOp::Cas { key: key.clone(), expected: other.clone(), value: Some(value.clone()) },
+                 plain::WriteOp::Cas { key: key.clone(), expected: other.clone(), value: Some(value.clone()) }),
+                (WriteOp::Cas { key: key.clone(), expected: Some(value.clone()), value: None },
+                 plain::WriteOp::Cas { key: key.clone(), expected: Some(value.clone()), value: None }),
+            ];
+            for (new, old) in ops {
+                let bytes = postcard::to_allocvec(&new).unwrap();
+                prop_assert_eq!(&bytes, &postcard::to_allocvec(&old).unwrap());
+                prop_assert_eq!(postcard::from_bytes::<WriteOp>(&bytes).unwrap(), new);
+            }
+            let replies = [
+                (Reply::Value(other.clone()), plain::Reply::Value(other.clone())),
+                (Reply::Cas { swapped: true, current: other.clone(), index: LogIndex(9) },
+                 plain::Reply::Cas { swapped: true, current: other.clone(), index: 9 }),
+            ];
+            for (new, old) in replies {
+                let bytes = postcard::to_allocvec(&new).unwrap();
+                prop_assert_eq!(&bytes, &postcard::to_allocvec(&old).unwrap());
+                prop_assert_eq!(postcard::from_bytes::<plain::Reply>(&bytes).unwrap(), old);
+                prop_assert_eq!(postcard::from_bytes::<Reply>(&bytes).unwrap(), new);
+            }
+        }
     }
 
     fn unpack(packed: &[Packed]) -> Vec<Request> {

@@ -57,6 +57,28 @@ pub async fn send_to(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr) -
     }
 }
 
+/// The largest UDP payload the route to `to` carries without IP fragmentation, as the OS knows
+/// it (the outgoing interface's MTU, or a smaller path MTU it learned), less the IP and UDP
+/// headers; `None` where it cannot tell (other systems, IPv6, madsim). Asks through a
+/// throwaway connected socket: nothing is sent.
+pub fn path_payload_max(to: SocketAddr) -> Option<usize> {
+    #[cfg(all(target_os = "linux", not(madsim)))]
+    {
+        use nix::sys::socket::{getsockopt, sockopt::IpMtu};
+        let SocketAddr::V4(_) = to else { return None };
+        let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        s.connect(to).ok()?;
+        let mtu = getsockopt(&s, IpMtu).ok()?;
+        // An IPv4 header without options, and UDP's.
+        usize::try_from(mtu).ok()?.checked_sub(20 + 8)
+    }
+    #[cfg(not(all(target_os = "linux", not(madsim))))]
+    {
+        let _ = to;
+        None
+    }
+}
+
 /// Datagrams handed to the OS per `sendmmsg`.
 #[cfg(all(target_os = "linux", not(madsim)))]
 const SEND_BATCH: usize = 64;
@@ -406,6 +428,15 @@ pub async fn shutdown_signal() {
 #[cfg(all(test, not(madsim)))]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn loopback_carries_large_datagrams_whole() {
+        // Linux's loopback MTU is 64 KiB unless someone lowered it; a real interface is less.
+        let max = path_payload_max("127.0.0.1:9".parse().unwrap()).unwrap();
+        assert!(max >= 1400, "payload max {max}");
+        assert_eq!(path_payload_max("[::1]:9".parse().unwrap()), None, "IPv6 is not asked");
+    }
 
     #[tokio::test]
     async fn a_batch_sent_in_one_go_is_drained_in_order_within_the_limit() {

@@ -189,8 +189,12 @@ impl DropReason {
 /// Limits of the transport. Validated by the node's config.
 #[derive(Clone, Debug)]
 pub struct TransportLimits {
-    /// Largest datagram sent or accepted, in bytes (kind and tag included).
+    /// Largest datagram sent or accepted, in bytes (kind and tag included); fragments are cut
+    /// to it.
     pub datagram_bytes_max: usize,
+    /// Largest unfragmented [`Kind::Raft`] datagram accepted (at least `datagram_bytes_max`);
+    /// a sender uses it where the path carries it ([`Transport::seal_within`]).
+    pub raft_datagram_bytes_max: usize,
     /// Largest reassembled body, in bytes.
     pub message_bytes_max: usize,
     /// Most partial messages held at once.
@@ -205,6 +209,7 @@ impl Default for TransportLimits {
     fn default() -> Self {
         TransportLimits {
             datagram_bytes_max: 1400,
+            raft_datagram_bytes_max: 1400,
             message_bytes_max: 8 << 20,
             partial_max: 256,
             partial_bytes_max: 64 << 20,
@@ -315,7 +320,15 @@ impl Transport {
     /// Seals `body` of `kind` into one datagram, or into fragments if it does not fit.
     /// Returns `None` if the body is larger than the message limit.
     pub fn seal(&mut self, kind: Kind, body: &[u8]) -> Option<Vec<Vec<u8>>> {
-        if body.len() <= self.limits.body_bytes_max() {
+        self.seal_within(kind, body, self.limits.datagram_bytes_max)
+    }
+
+    /// Like [`Transport::seal`], but `body` goes as one datagram if that datagram is at most
+    /// `datagram_max` bytes (clamped to what a receiver accepts for `kind`); fragments are
+    /// still cut to the usual limit.
+    pub fn seal_within(&mut self, kind: Kind, body: &[u8], datagram_max: usize) -> Option<Vec<Vec<u8>>> {
+        let whole = datagram_max.min(self.accepted_bytes_max(kind as u8)).max(self.limits.datagram_bytes_max);
+        if body.len() <= whole.saturating_sub(KIND_BYTES + TAG_BYTES) {
             return Some(vec![self.seal_one(kind as u8, &[body])]);
         }
         let piece = self.limits.piece_bytes_max().max(1);
@@ -340,6 +353,16 @@ impl Transport {
             })
             .collect();
         Some(datagrams)
+    }
+
+    /// The longest datagram accepted whose first byte is `kind` (not yet authenticated: only
+    /// a bound, the tag is checked next).
+    fn accepted_bytes_max(&self, kind: u8) -> usize {
+        if kind == Kind::Raft as u8 {
+            self.limits.raft_datagram_bytes_max.max(self.limits.datagram_bytes_max)
+        } else {
+            self.limits.datagram_bytes_max
+        }
     }
 
     fn seal_one(&self, kind: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -373,7 +396,7 @@ impl Transport {
     }
 
     fn open_inner(&mut self, now: Instant, from: SocketAddr, d: &[u8]) -> Result<Option<(Kind, Vec<u8>)>, DropReason> {
-        if d.len() < KIND_BYTES + TAG_BYTES || d.len() > self.limits.datagram_bytes_max {
+        if d.len() < KIND_BYTES + TAG_BYTES || d.len() > self.accepted_bytes_max(d[0]) {
             return Err(DropReason::BadLength);
         }
         let (signed, tag) = d.split_at(d.len() - TAG_BYTES);
@@ -522,6 +545,28 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].len(), 1 + 5 + TAG_BYTES);
         assert_eq!(b.open(Instant::ZERO, addr(1), &d[0]), Ok(Some((Kind::Raft, b"hello".to_vec()))));
+    }
+
+    #[test]
+    fn raft_bodies_go_whole_where_the_path_carries_them_and_only_raft_may_be_large() {
+        let limits = TransportLimits { raft_datagram_bytes_max: 9000, ..TransportLimits::default() };
+        let (mut a, mut b) = (Transport::new(key(7), limits.clone(), 1), Transport::new(key(7), limits, 2));
+        let body = vec![5u8; 8000];
+        let d = a.seal_within(Kind::Raft, &body, 65_000).unwrap();
+        assert_eq!(d.len(), 1, "one datagram, clamped to what a receiver accepts");
+        assert_eq!(b.open(Instant::ZERO, addr(1), &d[0]), Ok(Some((Kind::Raft, body.clone()))));
+        // Past the Raft limit, or toward a path that carries less: the usual fragments.
+        let big = vec![6u8; 9000];
+        let pieces = a.seal_within(Kind::Raft, &big, 65_000).unwrap();
+        assert!(pieces.len() > 1 && pieces.iter().all(|p| p.len() <= 1400));
+        assert_eq!(a.seal_within(Kind::Raft, &body, 1472).unwrap().len(), 8000usize.div_ceil(1400 - 17 - 13));
+        // Other kinds never go past the datagram limit, and a receiver refuses them larger.
+        assert!(a.seal_within(Kind::Swim, &body, 65_000).unwrap().len() > 1);
+        let mut forged = d[0].clone();
+        forged[0] = Kind::Swim as u8;
+        assert_eq!(b.open(Instant::ZERO, addr(1), &forged), Err(DropReason::BadLength));
+        // A receiver with the default limits refuses the large Raft datagram.
+        assert_eq!(transport(7).open(Instant::ZERO, addr(1), &d[0]), Err(DropReason::BadLength));
     }
 
     #[test]

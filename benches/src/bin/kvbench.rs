@@ -551,7 +551,7 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
             ));
         }
         println!(
-            "kvbench: node {}{}: {:.0} fsyncs ({:.2} ops per fsync, mean {mean_fsync_ms:.3} ms), cpu {:.0} ms per 1000 ops{inside}",
+            "kvbench: node {}{}: {:.0} fsyncs ({:.2} ops per fsync, mean {mean_fsync_ms:.3} ms), cpu {:.1} ms per 1000 ops{inside}",
             i + 1,
             if i == leader { " (leader)" } else { "" },
             fsyncs,
@@ -560,7 +560,7 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         );
     }
     if let (Some(b), Some(a)) = (self_before, self_after) {
-        println!("kvbench: the load generator: cpu {:.0} ms per 1000 ops", per_kop(ticks_ms(a.saturating_sub(b))));
+        println!("kvbench: the load generator: cpu {:.1} ms per 1000 ops", per_kop(ticks_ms(a.saturating_sub(b))));
     }
     println!(
         "kvbench: target={} workload={} clients={} conns={conns_used} value_bytes={} ops={n} seconds={:.2} errors={errors} ops_per_s={ops_per_s:.0} p50_ms={:.3} p99_ms={:.3}",
