@@ -57,7 +57,10 @@ pub struct RaftSection {
     pub pre_vote: bool,
     /// Leaders step down without a quorum.
     pub check_quorum: bool,
-    /// Take a snapshot after this many applied entries.
+    /// Take a snapshot after this many applied entries. The default, 100,000, is etcd's
+    /// `--snapshot-count`: each snapshot writes the whole map from the node's loop (about
+    /// 1 MB, three times a second, at 30k puts/s with 10,000), while a larger threshold keeps
+    /// more log in memory (~25 MB of 128-byte puts) and replays more of it on restart.
     pub snapshot_threshold_entries: u64,
     /// Largest append message, in bytes of entries.
     pub append_bytes_max: u64,
@@ -71,7 +74,7 @@ impl Default for RaftSection {
             heartbeat_interval_ms: 50,
             pre_vote: true,
             check_quorum: true,
-            snapshot_threshold_entries: 10_000,
+            snapshot_threshold_entries: 100_000,
             append_bytes_max: 64 << 10,
         }
     }
