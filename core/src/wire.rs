@@ -96,6 +96,8 @@ pub struct SeqWriter {
     out: Vec<u8>,
     count_at: usize,
     count: usize,
+    /// An item failed to serialize (its buffer went with it); `finish` refuses.
+    failed: bool,
 }
 
 impl SeqWriter {
@@ -110,7 +112,7 @@ impl SeqWriter {
         let count_at = out.len();
         // The count's first varint byte; `finish` widens it in the rare case of 128 items or more.
         out.push(0);
-        Ok(SeqWriter { out, count_at, count: 0 })
+        Ok(SeqWriter { out, count_at, count: 0, failed: false })
     }
 
     /// Bytes written so far, counting the sequence's length as one byte.
@@ -125,6 +127,9 @@ impl SeqWriter {
 
     /// Appends `item` if the datagram stays within `limit` bytes; returns whether it did.
     pub fn push_within<T: Serialize>(&mut self, item: &T, limit: usize) -> bool {
+        if self.failed {
+            return false;
+        }
         let mark = self.out.len();
         match postcard::to_extend(item, core::mem::take(&mut self.out)) {
             Ok(out) => {
@@ -136,14 +141,21 @@ impl SeqWriter {
                 self.out.truncate(mark);
                 false
             }
-            // Only a serializer error (none for in-memory Vec writes) lands here; the buffer was
-            // moved out, so nothing is left to keep.
-            Err(_) => false,
+            // An item whose `Serialize` fails; postcard took the buffer with it, so the
+            // datagram is lost and `finish` says so.
+            Err(_) => {
+                self.failed = true;
+                false
+            }
         }
     }
 
     /// The finished datagram, or `TooLarge` if it exceeds `max_bytes`.
     pub fn finish(mut self, max_bytes: usize) -> Result<Vec<u8>, WireError> {
+        if self.failed {
+            return Err(WireError::Malformed);
+        }
+        // Ten bytes hold any u64 in LEB128 (7 bits each), so `len` never passes the array.
         let mut varint = [0u8; 10];
         let mut n = self.count as u64;
         let mut len = 0;
@@ -157,6 +169,7 @@ impl SeqWriter {
                 break;
             }
         }
+        // `new` pushed the placeholder at `count_at` and nothing truncates below it.
         self.out[self.count_at] = varint[0];
         if len > 1 {
             let at = self.count_at + 1;
@@ -222,6 +235,24 @@ mod tests {
         assert_eq!(decode::<Message>(&trailing, 5, 1400), Err(WireError::Malformed));
         assert_eq!(decode::<Message>(&bytes[..bytes.len() - 1], 5, 1400), Err(WireError::Malformed));
         assert!(matches!(encode(5, NodeId(2), &sample(), 3), Err(WireError::TooLarge { .. })));
+    }
+
+    /// A value whose serialization fails, as a foreign `Serialize` impl may.
+    struct Unserializable;
+
+    impl Serialize for Unserializable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refuses"))
+        }
+    }
+
+    #[test]
+    fn an_item_that_fails_to_serialize_fails_the_datagram_without_a_panic() {
+        let mut w = SeqWriter::new(7, NodeId(3), &1u64, 64).unwrap();
+        assert!(w.push_within(&5u64, usize::MAX));
+        assert!(!w.push_within(&Unserializable, usize::MAX));
+        assert!(!w.push_within(&6u64, usize::MAX), "nothing more after a failure");
+        assert_eq!(w.finish(usize::MAX), Err(WireError::Malformed));
     }
 
     #[derive(Serialize)]

@@ -1178,8 +1178,7 @@ impl Swim {
                 let (id, hint) = self.probe_order[self.probe_pos];
                 self.probe_pos += 1;
                 if let Some(r) = self.members.get_hinted(id, hint).filter(|r| r.is_live()) {
-                    let buddy = (r.state == State::Suspect).then(|| self.update_of(r, self.cfg.id));
-                    return Some((id, self.members.addr(r), buddy));
+                    return Some((id, self.members.addr(r), self.buddy_of(r)));
                 }
             }
             if pass == 0 {
@@ -1244,7 +1243,11 @@ impl Swim {
 
     /// Buddy system: when the target is suspected, the suspicion rides first so it can refute.
     fn buddy(&self, target: NodeId) -> Option<Update> {
-        let r = self.members.get(target)?;
+        self.buddy_of(self.members.get(target)?)
+    }
+
+    /// [`Self::buddy`] for a record already in hand.
+    fn buddy_of(&self, r: &Record) -> Option<Update> {
         (r.state == State::Suspect).then(|| self.update_of(r, self.cfg.id))
     }
 
@@ -1509,18 +1512,10 @@ impl Swim {
     /// Suspicions halfway to their deadline, then those that ran out.
     #[inline(never)]
     fn expire_suspicions(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.suspicion_rechecks.first() {
-            if at > now {
-                break;
-            }
-            self.suspicion_rechecks.pop_first();
+        while let Some(id) = pop_due(&mut self.suspicion_rechecks, now) {
             self.recheck_suspicion(id);
         }
-        while let Some(&(at, id)) = self.suspicion_deadlines.first() {
-            if at > now {
-                break;
-            }
-            self.suspicion_deadlines.pop_first();
+        while let Some(id) = pop_due(&mut self.suspicion_deadlines, now) {
             if let Some(s) = self.suspicions.remove(&id) {
                 if let Some(r) = s.recheck {
                     self.suspicion_rechecks.remove(&(r, id));
@@ -1585,11 +1580,7 @@ impl Swim {
 
     #[inline(never)]
     fn collect_tombstones(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.tombstones.first() {
-            if at > now {
-                break;
-            }
-            self.tombstones.pop_first();
+        while let Some(id) = pop_due(&mut self.tombstones, now) {
             self.tomb_due.remove(&id);
             if self.members.get(id).is_some_and(|r| !r.is_live()) {
                 self.members.remove(id);
@@ -1630,8 +1621,7 @@ impl Machine for Swim {
         if !self.indirect.is_empty() {
             self.send_due_nacks(now);
         }
-        let due = |first: Option<&(Instant, NodeId)>| first.is_some_and(|(at, _)| *at <= now);
-        if due(self.suspicion_rechecks.first()) || due(self.suspicion_deadlines.first()) {
+        if is_due(&self.suspicion_rechecks, now) || is_due(&self.suspicion_deadlines, now) {
             self.expire_suspicions(now);
         }
         // Gossip-only round.
@@ -1645,7 +1635,7 @@ impl Machine for Swim {
         if self.next_join.is_some() || (self.live == 1 && !self.cfg.seeds.is_empty()) {
             self.join_tick(now);
         }
-        if due(self.tombstones.first()) {
+        if is_due(&self.tombstones, now) {
             self.collect_tombstones(now);
         }
     }
@@ -1746,6 +1736,20 @@ fn current_update(members: &MemberTable, me: &Member, id: NodeId, by: NodeId) ->
 }
 
 /// The instant halfway from `a` to `b`.
+/// True if the earliest entry of a deadline set is due at `now`.
+fn is_due(set: &BTreeSet<(Instant, NodeId)>, now: Instant) -> bool {
+    set.first().is_some_and(|(at, _)| *at <= now)
+}
+
+/// Takes the earliest entry of a deadline set if it is due at `now`.
+fn pop_due(set: &mut BTreeSet<(Instant, NodeId)>, now: Instant) -> Option<NodeId> {
+    if is_due(set, now) {
+        set.pop_first().map(|(_, id)| id)
+    } else {
+        None
+    }
+}
+
 fn halfway(a: Instant, b: Instant) -> Instant {
     a.saturating_add(b.saturating_duration_since(a) / 2)
 }
