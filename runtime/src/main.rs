@@ -18,6 +18,10 @@ use quorate_runtime::storage::vfs::FileVfs;
 use quorate_runtime::transport::ClusterKey;
 use quorate_runtime::{demo, sys};
 
+// Why not the system allocator: see the `mimalloc` entry in Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "quorate", version, about = "Quorate: a Raft- and SWIM-coordinated metadata cluster node")]
 struct Cli {
