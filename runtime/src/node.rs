@@ -256,6 +256,11 @@ struct Node<V: Vfs> {
     written_term_vote: Option<(Term, Option<NodeId>)>,
     /// A commit-only hard state waiting to ride along with the next write.
     lazy_hard_state: Option<raft::HardState>,
+    /// Whether the open batch writes a new term or vote.
+    open_has_term_vote: bool,
+    /// The batch that wrote the latest term or vote: a leader's appends and heartbeats wait
+    /// only for it, not for the log writes issued since (`may_precede_log_writes`).
+    term_vote_seq: u64,
 }
 
 fn to_addr(a: SocketAddr) -> Addr {
@@ -418,6 +423,8 @@ pub async fn run_on<V: Vfs>(
         open_reports: Vec::new(),
         issued_seq: 0,
         durable_seq: 0,
+        open_has_term_vote: false,
+        term_vote_seq: 0,
         batch_reports: VecDeque::new(),
         held: VecDeque::new(),
         outbox: Vec::new(),
@@ -706,10 +713,12 @@ impl<V: Vfs> Node<V> {
     }
 
     /// Proposes every write received since the last proposal as one batch, unless a storage
-    /// batch is still in flight: the appends of a proposal made now would be held behind that
-    /// batch anyway (persist before send), so the writes wait for it here instead and leave in
-    /// one larger append per follower (one MAC, datagram and follower step instead of several)
-    /// and one write of this node's log, as soon as it is durable.
+    /// batch is still in flight: then the writes wait for it and leave together, in one append
+    /// per follower and one write of this node's log. The appends themselves leave at once,
+    /// without waiting for this node's write (`may_precede_log_writes`), so the followers'
+    /// fsyncs overlap this node's instead of following them. Proposing on every turn of the
+    /// loop instead measured no faster (64 clients, 6 alternating rounds: 60.5k against 62.3k
+    /// puts/s) for more appends and answers per write.
     fn flush_proposals(&mut self) {
         if self.proposals.is_empty() || self.durable_seq < self.issued_seq {
             return;
@@ -1085,7 +1094,7 @@ impl<V: Vfs> Node<V> {
                             }
                             _ => None,
                         };
-                        let barrier = self.barrier();
+                        let barrier = self.barrier(message.body.may_precede_log_writes());
                         if barrier > self.durable_seq {
                             self.held.push_back((barrier, (addr, datagrams, promise)));
                         } else {
@@ -1104,6 +1113,7 @@ impl<V: Vfs> Node<V> {
                 } else {
                     self.written_term_vote = Some((hs.term, hs.vote));
                     self.lazy_hard_state = None;
+                    self.open_has_term_vote = true;
                     self.open_ops.push(StorageOp::HardState(hs));
                 }
             }
@@ -1297,9 +1307,13 @@ impl<V: Vfs> Node<V> {
     }
 
     /// The batch a send now must wait for: the open one if it has writes, else the last issued.
-    fn barrier(&self) -> u64 {
+    /// A message that may precede log writes waits only for the latest term or vote write.
+    fn barrier(&self, log_free: bool) -> u64 {
         if self.planted(PlantedBug::SendBeforeFsync) {
             return 0;
+        }
+        if log_free {
+            return if self.open_has_term_vote { self.issued_seq + 1 } else { self.term_vote_seq };
         }
         if self.open_ops.is_empty() {
             self.issued_seq
@@ -1323,6 +1337,9 @@ impl<V: Vfs> Node<V> {
             return;
         }
         self.issued_seq = seq;
+        if std::mem::take(&mut self.open_has_term_vote) {
+            self.term_vote_seq = seq;
+        }
         self.batch_reports.push_back((seq, reports));
     }
 

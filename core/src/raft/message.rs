@@ -241,6 +241,21 @@ pub enum MessageBody {
 }
 
 impl MessageBody {
+    /// Whether this message may leave before the *log* writes polled ahead of it are durable
+    /// (the hard-state writes polled ahead of it must still be): true for a leader's appends
+    /// and heartbeats.
+    ///
+    /// Such a message promises nothing about the sender's log. Its entries are sent from
+    /// memory (Raft dissertation §10.2.1: a leader may write its log in parallel with
+    /// replicating it); the commit index it carries counts the leader only once its write was
+    /// reported through [`Raft::handle_persisted`](super::Raft::handle_persisted), so it is
+    /// backed by a durable quorum; its term is in the hard state, which stays a barrier.
+    /// Without this, a leader's appends for new proposals would queue behind its previous
+    /// fsync, and the pipeline would drain once per write.
+    pub fn may_precede_log_writes(&self) -> bool {
+        matches!(self, MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. })
+    }
+
     /// A short name for counters and traces.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -17,6 +17,12 @@
 //! finish after its appends left (they are polled first); the leader counts itself toward a
 //! quorum only once the host reports the write durable through [`Raft::handle_persisted`].
 //!
+//! One refinement lets a leader keep its pipeline full: a message for which
+//! [`MessageBody::may_precede_log_writes`] is true (a leader's append or heartbeat) need only
+//! wait for the [`Action::PersistHardState`] writes polled before it, not for earlier
+//! [`Action::PersistEntries`] or [`Action::PersistSnapshot`]: it promises nothing about the
+//! sender's log. A host that ignores the refinement and holds every send is still correct.
+//!
 //! Recovery is the constructor: [`Raft::new`] takes what the host persisted.
 //!
 //! # What it implements

@@ -403,6 +403,14 @@ fn check_persisted_before_send(disk: &Disk, to: NodeId, message: &Message) {
             assert_eq!(disk.hard_state.vote, Some(to), "vote sent before it was persisted");
             assert_eq!(disk.hard_state.term, message.term, "vote's term sent before it was persisted");
         }
+        // Under the refinement these need only the hard state: the term they carry.
+        body if body.may_precede_log_writes() => {
+            assert!(
+                disk.hard_state.term >= message.term,
+                "leader's {} sent before its term was persisted",
+                body.kind()
+            );
+        }
         MessageBody::AppendEntriesResponse { index, reject: None, .. } => {
             let covered = disk.hard_state.commit >= *index
                 || disk.snapshot.as_ref().is_some_and(|s| s.meta.index >= *index)
