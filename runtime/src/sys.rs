@@ -153,12 +153,20 @@ const RECV_BUFFER_BYTES: usize = 65_536;
 #[cfg(all(target_os = "linux", not(madsim)))]
 const RECV_BATCH: usize = 32;
 
+/// Tasks receiving from one socket under madsim. Every madsim receive sleeps at least one
+/// virtual millisecond, so one task takes at most 1,000 datagrams a second: a leader of 7
+/// nodes and 16 clients gets more, and its backlog (which madsim does not serve in order)
+/// starved single requests for seconds, a limit no kernel has. Several tasks lift it; the
+/// order they hand datagrams on may differ from arrival, as UDP's may.
+#[cfg(madsim)]
+pub const SIM_RECEIVERS: usize = 16;
+
 /// The receiving side of a socket, safe to use in `select!`: a receive that loses the race
 /// to another branch never loses a datagram.
 ///
 /// tokio's `recv_from` is cancel-safe, so in production this is the socket itself. madsim's
-/// is not (a datagram already handed to a dropped receive is gone), so there a task of its own
-/// receives and queues datagrams for the loop.
+/// is not (a datagram already handed to a dropped receive is gone), so there tasks of their own
+/// receive and queue datagrams for the loop ([`SIM_RECEIVERS`] of them).
 pub struct DatagramRx {
     #[cfg(not(madsim))]
     socket: Arc<UdpSocket>,
@@ -189,14 +197,17 @@ impl DatagramRx {
         #[cfg(madsim)]
         {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; RECV_BUFFER_BYTES];
-                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-                    if tx.send((buf[..n].to_vec(), from)).is_err() {
-                        return;
+            for _ in 0..SIM_RECEIVERS {
+                let (socket, tx) = (socket.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+                    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                        if tx.send((buf[..n].to_vec(), from)).is_err() {
+                            return;
+                        }
                     }
-                }
-            });
+                });
+            }
             DatagramRx { rx, ready: None }
         }
     }
