@@ -241,7 +241,9 @@ impl RaftLog {
         if index <= self.snapshot_index {
             return;
         }
-        let term = self.term(index).expect("compact index is within the log");
+        // Past the last entry there is nothing to compact to (the caller snapshots applied
+        // entries, so this does not happen; refusing beats losing the log).
+        let Some(term) = self.term(index) else { return };
         let drop = (index.0 - self.snapshot_index.0) as usize;
         self.entries.drain(..drop);
         self.snapshot_index = index;

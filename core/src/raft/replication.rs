@@ -82,7 +82,7 @@ impl Raft {
             return false;
         }
         let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
-        let pr = self.progress.get_mut(&to).expect("checked above");
+        let Some(pr) = self.progress.get_mut(&to) else { return false };
         // A probe must be answered; so must an append sent to recover a lost acknowledgement.
         let commit_only = entries.is_empty() && empty == Empty::CommitOnly && pr.state == ProgressState::Replicate;
         match entries.last() {
@@ -236,7 +236,7 @@ impl Raft {
         } else {
             (LogIndex(0), Term(0))
         };
-        let pr = self.progress.get_mut(&from).expect("checked by caller");
+        let Some(pr) = self.progress.get_mut(&from) else { return };
         if pr.maybe_decrease_to(rejected, retry_after) {
             if pr.state == ProgressState::Replicate {
                 pr.become_probe();
@@ -246,7 +246,7 @@ impl Raft {
     }
 
     fn on_ack(&mut self, from: NodeId, index: LogIndex) {
-        let pr = self.progress.get_mut(&from).expect("checked by caller");
+        let Some(pr) = self.progress.get_mut(&from) else { return };
         let was_paused = pr.is_paused();
         if !pr.maybe_update(index) {
             // Nothing new, but a window freed by a duplicate ack may let more through.
@@ -300,7 +300,7 @@ impl Raft {
         }
         self.record_ack(from, ctx);
         let last = self.log.last_index();
-        let pr = self.progress.get_mut(&from).expect("checked above");
+        let Some(pr) = self.progress.get_mut(&from) else { return };
         if pr.state == ProgressState::Replicate && pr.inflights.is_full() {
             pr.inflights.free_first();
         }
@@ -378,7 +378,7 @@ impl Raft {
             self.stats.dropped_invalid += 1;
             return;
         }
-        let pr = self.progress.get_mut(&from).expect("checked above");
+        let Some(pr) = self.progress.get_mut(&from) else { return };
         if done {
             if index > pr.matched || pr.state == ProgressState::Snapshot {
                 pr.maybe_update(index);
@@ -430,7 +430,7 @@ impl Raft {
         if !resumes {
             self.incoming_snapshot = Some((*meta.clone(), Vec::new()));
         }
-        let (_, buf) = self.incoming_snapshot.as_mut().expect("set above");
+        let Some((_, buf)) = self.incoming_snapshot.as_mut() else { return };
         let held = buf.len() as u64;
         let fits = offset.saturating_add(data.len() as u64) <= meta.size_bytes;
         if offset == held && fits {
@@ -443,7 +443,7 @@ impl Raft {
             self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: held, done: false, ctx });
             return;
         }
-        let (meta, buf) = self.incoming_snapshot.take().expect("set above");
+        let Some((meta, buf)) = self.incoming_snapshot.take() else { return };
         if crate::fnv1a64(&buf) != meta.digest {
             self.stats.snapshot_chunks_rejected += 1;
             self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: 0, done: false, ctx });
