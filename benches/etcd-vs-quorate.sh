@@ -38,7 +38,9 @@ if ! command -v etcd >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
     if [ -n "$policy" ]; then as_root rm -f "$policy"; fi
 fi
-etcd_version=$(etcd --version | head -n 1)
+# sed, not head: head exits after one line, etcd may then die of SIGPIPE writing the next,
+# and under pipefail and set -e the script would stop here without a word.
+etcd_version=$(etcd --version | sed -n 1p)
 case "$etcd_version" in
     *" 3.4."*) ;;
     *) echo "etcd-vs-quorate: warning: expected etcd 3.4, found: $etcd_version" >&2 ;;
