@@ -166,7 +166,7 @@ pub const SIM_RECEIVERS: usize = 16;
 ///
 /// tokio's `recv_from` is cancel-safe, so in production this is the socket itself. madsim's
 /// is not (a datagram already handed to a dropped receive is gone), so there tasks of their own
-/// receive and queue datagrams for the loop ([`SIM_RECEIVERS`] of them).
+/// receive and queue datagrams for the loop (`SIM_RECEIVERS` of them).
 pub struct DatagramRx {
     #[cfg(not(madsim))]
     socket: Arc<UdpSocket>,
