@@ -53,11 +53,19 @@ pub struct Metrics {
     pub request_kinds: [Histogram; 3],
     /// `members` by state: alive, suspect, down, left.
     pub member_states: [Gauge; 4],
+    /// Seconds a leader's client write spent in each stage, by stage (see [`WRITE_STAGES`]).
+    pub write_stage_seconds: Family<Labels, Histogram>,
+    /// `write_stage_seconds` by stage (looked up once, not per write).
+    pub write_stages: [Histogram; 2],
     registry: Arc<Registry>,
 }
 
 /// Index of a request kind in [`Metrics::request_kinds`].
 pub const REQUEST_KINDS: [&str; 3] = ["write", "read", "admin"];
+/// Index of a stage in [`Metrics::write_stages`]: `queued` is from receiving a write to
+/// proposing it (a leader defers proposals while a storage batch is in flight), `replicated`
+/// from proposing it to applying it (its fsyncs and a quorum's acks).
+pub const WRITE_STAGES: [&str; 2] = ["queued", "replicated"];
 /// Index of a SWIM state in [`Metrics::member_states`].
 pub const MEMBER_STATES: [&str; 4] = ["alive", "suspect", "down", "left"];
 
@@ -87,9 +95,12 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             request_kinds: [latency_histogram(), latency_histogram(), latency_histogram()],
             member_states: Default::default(),
+            write_stage_seconds: Family::new_with_constructor(latency_histogram),
+            write_stages: [latency_histogram(), latency_histogram()],
             registry: Arc::new(Registry::default()),
         };
         let request_kinds = REQUEST_KINDS.map(|k| m.request_seconds.get_or_create(&vec![("kind", k)]).clone());
+        let write_stages = WRITE_STAGES.map(|k| m.write_stage_seconds.get_or_create(&vec![("stage", k)]).clone());
         let member_states = MEMBER_STATES.map(|s| m.members.get_or_create(&vec![("state", s)]).clone());
         r.register("raft_term", "Current Raft term", m.term.clone());
         r.register("raft_commit_index", "Highest committed log index", m.commit_index.clone());
@@ -109,7 +120,12 @@ impl Metrics {
         r.register("wal_fsync_seconds", "Seconds per group commit (writes and one fsync)", m.fsync_seconds.clone());
         r.register("wal_fsync_batches", "Batches covered by one fsync", m.fsync_batches.clone());
         r.register("request_seconds", "Seconds from a client request to its answer", m.request_seconds.clone());
-        Metrics { registry: Arc::new(r), request_kinds, member_states, ..m }
+        r.register(
+            "write_stage_seconds",
+            "Seconds a leader's client write spent queued before its proposal, and from proposal to apply",
+            m.write_stage_seconds.clone(),
+        );
+        Metrics { registry: Arc::new(r), request_kinds, member_states, write_stages, ..m }
     }
 
     /// Records one group commit.

@@ -171,6 +171,7 @@ struct PendingWrite {
     client_id: u64,
     seq: u64,
     received: Instant,
+    proposed: Instant,
 }
 
 /// A client write waiting to be proposed: who asked, and its command as the log carries it.
@@ -737,9 +738,17 @@ impl<V: Vfs> Node<V> {
                     }
                     debug!(node = self.me.0, client = p.client_id, seq = p.seq, index = index.0, "write proposed");
                     self.pending_by_client.insert((p.client_id, p.seq), index);
+                    let queued = now.saturating_duration_since(p.received).as_secs_f64();
+                    self.metrics.write_stages[0].observe(queued);
                     self.pending_writes.insert(
                         index,
-                        PendingWrite { from: p.from, client_id: p.client_id, seq: p.seq, received: p.received },
+                        PendingWrite {
+                            from: p.from,
+                            client_id: p.client_id,
+                            seq: p.seq,
+                            received: p.received,
+                            proposed: now,
+                        },
                     );
                 }
             }
@@ -1214,6 +1223,7 @@ impl<V: Vfs> Node<V> {
     fn finish_write(&mut self, index: LogIndex, reply: Reply, now: Instant) {
         if let Some(p) = self.pending_writes.remove(&index) {
             self.pending_by_client.remove(&(p.client_id, p.seq));
+            self.metrics.write_stages[1].observe(now.saturating_duration_since(p.proposed).as_secs_f64());
             self.respond(p.from, p.client_id, p.seq, reply, 0, p.received, now);
         }
     }

@@ -385,6 +385,10 @@ struct NodeSample {
     /// Datagrams the node sent and received (Quorate only).
     sent: f64,
     received: f64,
+    /// Writes through each of a leader's stages (queued, replicated) and their seconds there
+    /// (Quorate only).
+    stage_count: [f64; 2],
+    stage_seconds: [f64; 2],
 }
 
 async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
@@ -396,6 +400,11 @@ async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
             .filter_map(|kind| metric(&text, &format!("quorate_request_seconds_{suffix}{{kind=\"{kind}\"}}")))
             .sum()
     };
+    let stage = |suffix: &str| -> [f64; 2] {
+        ["queued", "replicated"].map(|stage| {
+            metric(&text, &format!("quorate_write_stage_seconds_{suffix}{{stage=\"{stage}\"}}")).unwrap_or(0.0)
+        })
+    };
     NodeSample {
         cpu_ticks: servers.pid(i).and_then(cpu_ticks).unwrap_or(0),
         fsyncs: metric(&text, count).unwrap_or(0.0),
@@ -404,6 +413,8 @@ async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
         served_seconds: served("sum"),
         sent: metric(&text, "quorate_datagrams_sent_total").unwrap_or(0.0),
         received: metric(&text, "quorate_datagrams_received_total").unwrap_or(0.0),
+        stage_count: stage("count"),
+        stage_seconds: stage("sum"),
     }
 }
 
@@ -543,6 +554,15 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         } else {
             String::new()
         };
+        let stage_ms = |k: usize| {
+            let count = a.stage_count[k] - b.stage_count[k];
+            (count > 0.0).then(|| (a.stage_seconds[k] - b.stage_seconds[k]) * 1e3 / count)
+        };
+        if let (Some(queued), Some(replicated)) = (stage_ms(0), stage_ms(1)) {
+            inside.push_str(&format!(
+                " (writes: {queued:.3} ms queued before their proposal, {replicated:.3} ms from proposal to apply)"
+            ));
+        }
         if a.sent > b.sent {
             inside.push_str(&format!(
                 "; datagrams per op: {:.2} sent, {:.2} received",
