@@ -237,12 +237,12 @@ impl RaftLog {
 
     /// Drops entries up to `index` (inclusive), which a snapshot now covers.
     pub fn compact_to(&mut self, index: LogIndex) {
-        assert!(index <= self.applied, "compacting past the applied index");
-        if index <= self.snapshot_index {
+        // `Raft::handle_snapshot`, the only caller, compacts to exactly the applied index, so
+        // the index is inside the log; were it not, keeping the log beats dropping unapplied
+        // entries or panicking.
+        if index > self.applied || index <= self.snapshot_index {
             return;
         }
-        // Past the last entry there is nothing to compact to (the caller snapshots applied
-        // entries, so this does not happen; refusing beats losing the log).
         let Some(term) = self.term(index) else { return };
         let drop = (index.0 - self.snapshot_index.0) as usize;
         self.entries.drain(..drop);

@@ -542,7 +542,7 @@ impl Raft {
             MessageBody::Heartbeat { commit, ctx } => self.on_heartbeat(from, commit, ctx),
             MessageBody::HeartbeatResponse { ctx } => self.on_heartbeat_response(from, ctx),
             MessageBody::InstallSnapshot { meta, offset, data, ctx } => {
-                self.on_snapshot_chunk(from, meta, offset, data, ctx)
+                self.on_snapshot_chunk(from, &meta, offset, data, ctx)
             }
             MessageBody::InstallSnapshotResponse { index, next_offset, done, ctx } => {
                 self.on_snapshot_response(from, index, next_offset, done, ctx)

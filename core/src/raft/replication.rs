@@ -398,14 +398,7 @@ impl Raft {
         self.send_snapshot_chunks(from);
     }
 
-    pub(super) fn on_snapshot_chunk(
-        &mut self,
-        from: NodeId,
-        meta: Box<SnapshotMeta>,
-        offset: u64,
-        data: Bytes,
-        ctx: u64,
-    ) {
+    pub(super) fn on_snapshot_chunk(&mut self, from: NodeId, meta: &SnapshotMeta, offset: u64, data: Bytes, ctx: u64) {
         let well_formed = meta.term <= self.term
             && meta.index <= LogIndex::MAX_VALID
             && (meta.index.0 == 0) == (meta.term.0 == 0)
@@ -426,16 +419,15 @@ impl Raft {
             self.stats.snapshot_chunks_rejected += 1;
             return;
         }
-        let resumes = self.incoming_snapshot.as_ref().is_some_and(|(m, _)| *m == *meta);
-        if !resumes {
-            self.incoming_snapshot = Some((*meta.clone(), Vec::new()));
+        if self.incoming_snapshot.as_ref().is_some_and(|(m, _)| m != meta) {
+            self.incoming_snapshot = None;
         }
-        let Some((_, buf)) = self.incoming_snapshot.as_mut() else { return };
+        let (_, buf) = self.incoming_snapshot.get_or_insert_with(|| (meta.clone(), Vec::new()));
         let held = buf.len() as u64;
         let fits = offset.saturating_add(data.len() as u64) <= meta.size_bytes;
         if offset == held && fits {
             buf.extend_from_slice(&data);
-        } else if offset != held || !fits {
+        } else {
             self.stats.snapshot_chunks_rejected += 1;
         }
         let held = buf.len() as u64;
@@ -443,13 +435,15 @@ impl Raft {
             self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: held, done: false, ctx });
             return;
         }
-        let Some((meta, buf)) = self.incoming_snapshot.take() else { return };
+        // Complete: the buffer leaves the slot, which held this very `meta`.
+        let buf = core::mem::take(buf);
+        self.incoming_snapshot = None;
         if crate::fnv1a64(&buf) != meta.digest {
             self.stats.snapshot_chunks_rejected += 1;
             self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: 0, done: false, ctx });
             return;
         }
-        self.install_snapshot(Snapshot { meta, data: Bytes::from(buf) });
+        self.install_snapshot(Snapshot { meta: meta.clone(), data: Bytes::from(buf) });
         let size = self.snapshot.meta.size_bytes;
         self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: size, done: true, ctx });
     }

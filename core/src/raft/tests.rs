@@ -1035,3 +1035,63 @@ fn a_leader_commits_at_once_what_a_shrunken_quorum_already_holds() {
     assert!(!r.membership().is_voter(N4), "the removal committed and applied");
     assert!(r.committed() >= y, "y, held by n1 and n2, is committed under the new quorum at once");
 }
+
+#[test]
+fn s7_a_snapshot_whose_chunks_do_not_match_its_digest_or_offsets_is_refused() {
+    let mut c = three();
+    c.elect(N1);
+    c.propose(N1, "a").unwrap();
+    c.run_for(Duration::from_millis(100));
+    let term = c.node(N1).term().0;
+    let data: &[u8] = b"abcdefgh";
+    let meta = SnapshotMeta {
+        index: LogIndex(c.node(N3).committed().0 + 10),
+        term: Term(term),
+        membership: c.node(N1).membership().clone(),
+        size_bytes: data.len() as u64,
+        digest: crate::fnv1a64(data) ^ 1,
+    };
+    let chunk = |meta: &SnapshotMeta, offset: u64, bytes: &[u8]| {
+        msg(
+            term,
+            MessageBody::InstallSnapshot {
+                meta: meta.clone().into(),
+                offset,
+                data: Bytes::from(bytes.to_vec()),
+                ctx: 0,
+            },
+        )
+    };
+    // Sends to N3 and returns the next offset it asks for.
+    let send = |c: &mut Cluster, m: Message| -> u64 {
+        c.queue.clear();
+        let now = c.now;
+        c.node_mut(N3).handle_message(now, N1, m);
+        c.drain(N3);
+        let asks: Vec<u64> = c
+            .queue
+            .iter()
+            .filter_map(|f| match f.message.body {
+                MessageBody::InstallSnapshotResponse { next_offset, .. } => Some(next_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asks.len(), 1, "one answer per chunk");
+        asks[0]
+    };
+    let rejected = |c: &Cluster| c.node(N3).stats().snapshot_chunks_rejected;
+    assert_eq!(send(&mut c, chunk(&meta, 0, &data[..4])), 4);
+    // A chunk past what is held is refused; the follower asks again from where it is.
+    assert_eq!(send(&mut c, chunk(&meta, 6, &data[6..])), 4);
+    assert_eq!(rejected(&c), 1);
+    // Complete, but the bytes do not match the digest: refused, and asked again from 0.
+    assert_eq!(send(&mut c, chunk(&meta, 4, &data[4..])), 0);
+    assert_eq!(rejected(&c), 2);
+    assert_eq!(c.node(N3).stats().snapshots_installed, 0);
+    assert!(c.disks[&N3].snapshot.is_none(), "nothing reached the disk");
+    // The same snapshot with its real digest installs.
+    let good = SnapshotMeta { digest: crate::fnv1a64(data), ..meta };
+    assert_eq!(send(&mut c, chunk(&good, 0, data)), data.len() as u64);
+    assert_eq!(c.node(N3).stats().snapshots_installed, 1);
+    assert_eq!(c.node(N3).snapshot_meta(), &good);
+}
