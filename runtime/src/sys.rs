@@ -201,7 +201,15 @@ impl DatagramRx {
                 let (socket, tx) = (socket.clone(), tx.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
-                    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    loop {
+                        // Once the receiver is gone, nothing is lost by dropping a receive;
+                        // ending here releases the socket (and its port) at once, instead of
+                        // when each task's next datagram arrives, which may be never.
+                        let got = tokio::select! {
+                            got = socket.recv_from(&mut buf) => got,
+                            () = tx.closed() => return,
+                        };
+                        let Ok((n, from)) = got else { return };
                         if tx.send((buf[..n].to_vec(), from)).is_err() {
                             return;
                         }

@@ -401,7 +401,7 @@ async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
             .sum()
     };
     let stage = |suffix: &str| -> [f64; 2] {
-        ["queued", "replicated"].map(|stage| {
+        quorate_runtime::metrics::WRITE_STAGES.map(|stage| {
             metric(&text, &format!("quorate_write_stage_seconds_{suffix}{{stage=\"{stage}\"}}")).unwrap_or(0.0)
         })
     };
