@@ -47,6 +47,9 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Batches covered by each fsync.
     pub fsync_batches: Histogram,
+    /// Seconds from handing a storage batch to the group commit to the loop hearing it is
+    /// durable: `fsync_seconds` plus the wait behind earlier groups and the hand-offs.
+    pub storage_batch_seconds: Histogram,
     /// Seconds from receiving a client request to answering it, by kind.
     pub request_seconds: Family<Labels, Histogram>,
     /// `request_seconds` of writes, reads and admin requests (looked up once, not per request).
@@ -92,6 +95,7 @@ impl Metrics {
             response_batches: Counter::default(),
             fsync_seconds: latency_histogram(),
             fsync_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            storage_batch_seconds: latency_histogram(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             request_kinds: [latency_histogram(), latency_histogram(), latency_histogram()],
             member_states: Default::default(),
@@ -119,6 +123,11 @@ impl Metrics {
         r.register("client_response_batches", "Datagrams sent with several responses", m.response_batches.clone());
         r.register("wal_fsync_seconds", "Seconds per group commit (writes and one fsync)", m.fsync_seconds.clone());
         r.register("wal_fsync_batches", "Batches covered by one fsync", m.fsync_batches.clone());
+        r.register(
+            "storage_batch_seconds",
+            "Seconds from submitting a storage batch to hearing it is durable",
+            m.storage_batch_seconds.clone(),
+        );
         r.register("request_seconds", "Seconds from a client request to its answer", m.request_seconds.clone());
         r.register(
             "write_stage_seconds",

@@ -226,7 +226,7 @@ struct Node<V: Vfs> {
     open_reports: Vec<(LogIndex, Term)>,
     issued_seq: u64,
     durable_seq: u64,
-    batch_reports: VecDeque<(u64, Vec<(LogIndex, Term)>)>,
+    batch_reports: VecDeque<(u64, Instant, Vec<(LogIndex, Term)>)>,
     /// Sends waiting for a batch to be durable: `(batch, datagrams)`, in order.
     held: VecDeque<(u64, Outgoing)>,
     /// Datagrams free to leave now, in order.
@@ -1350,7 +1350,7 @@ impl<V: Vfs> Node<V> {
         if std::mem::take(&mut self.open_has_term_vote) {
             self.term_vote_seq = seq;
         }
-        self.batch_reports.push_back((seq, reports));
+        self.batch_reports.push_back((seq, self.now(), reports));
     }
 
     fn on_synced(&mut self, s: Synced) {
@@ -1364,8 +1364,9 @@ impl<V: Vfs> Node<V> {
                 self.outbox.push(out);
             }
         }
-        while self.batch_reports.front().is_some_and(|(seq, _)| *seq <= self.durable_seq) {
-            let Some((_, reports)) = self.batch_reports.pop_front() else { break };
+        while self.batch_reports.front().is_some_and(|(seq, _, _)| *seq <= self.durable_seq) {
+            let Some((_, submitted, reports)) = self.batch_reports.pop_front() else { break };
+            self.metrics.storage_batch_seconds.observe(now.saturating_duration_since(submitted).as_secs_f64());
             for (index, term) in reports {
                 self.raft.handle_persisted(now, index, term);
             }

@@ -140,15 +140,19 @@ fn one_node_is_initialized_written_read_and_observed_through_the_cli() {
     assert!(metrics_text.contains("quorate_raft_is_leader 1"), "{metrics_text}");
     assert!(metrics_text.contains("quorate_wal_fsync_seconds_count"), "{metrics_text}");
     assert!(metrics_text.contains("quorate_request_seconds_count{kind=\"write\"}"), "{metrics_text}");
-    // The writes above went through both of the leader's stages.
-    for stage in ["queued", "replicated"] {
-        let name = format!("quorate_write_stage_seconds_count{{stage=\"{stage}\"}} ");
+    // The writes above went through both of the leader's stages, and their log entries
+    // through the storage batches whose durability the node heard of.
+    let names = ["queued", "replicated"]
+        .map(|stage| format!("quorate_write_stage_seconds_count{{stage=\"{stage}\"}} "))
+        .into_iter()
+        .chain(["quorate_storage_batch_seconds_count ".to_string()]);
+    for name in names {
         let count = metrics_text
             .lines()
             .find_map(|l| l.strip_prefix(name.as_str()))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(count >= 1.0, "{stage}: {metrics_text}");
+        assert!(count >= 1.0, "{name}: {metrics_text}");
     }
 
     // A wrong key is dropped and counted, never answered.

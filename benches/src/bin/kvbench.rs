@@ -389,6 +389,9 @@ struct NodeSample {
     /// (Quorate only).
     stage_count: [f64; 2],
     stage_seconds: [f64; 2],
+    /// Storage batches made durable and their seconds from submission (Quorate only).
+    batches: f64,
+    batch_seconds: f64,
 }
 
 async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
@@ -415,6 +418,8 @@ async fn sample_node(servers: &Servers, i: usize) -> NodeSample {
         received: metric(&text, "quorate_datagrams_received_total").unwrap_or(0.0),
         stage_count: stage("count"),
         stage_seconds: stage("sum"),
+        batches: metric(&text, "quorate_storage_batch_seconds_count").unwrap_or(0.0),
+        batch_seconds: metric(&text, "quorate_storage_batch_seconds_sum").unwrap_or(0.0),
     }
 }
 
@@ -545,6 +550,12 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
         let (b, a) = (before[i], after[i]);
         let fsyncs = a.fsyncs - b.fsyncs;
         let mean_fsync_ms = if fsyncs > 0.0 { (a.fsync_seconds - b.fsync_seconds) * 1e3 / fsyncs } else { 0.0 };
+        let batches = a.batches - b.batches;
+        let durable = if batches > 0.0 {
+            format!(", batches durable {:.3} ms after submission", (a.batch_seconds - b.batch_seconds) * 1e3 / batches)
+        } else {
+            String::new()
+        };
         let served = a.served - b.served;
         let mut inside = if served > 0.0 {
             format!(
@@ -571,7 +582,7 @@ async fn load(args: &Args, servers: &mut Servers) -> Result<(), String> {
             ));
         }
         println!(
-            "kvbench: node {}{}: {:.0} fsyncs ({:.2} ops per fsync, mean {mean_fsync_ms:.3} ms), cpu {:.1} ms per 1000 ops{inside}",
+            "kvbench: node {}{}: {:.0} fsyncs ({:.2} ops per fsync, mean {mean_fsync_ms:.3} ms{durable}), cpu {:.1} ms per 1000 ops{inside}",
             i + 1,
             if i == leader { " (leader)" } else { "" },
             fsyncs,

@@ -126,6 +126,9 @@ impl RaftLog {
 
     /// Appends entries the leader created; they must follow the last index.
     pub fn append(&mut self, entry: Entry) {
+        // Only this crate's leader path calls this, with indexes it just computed from
+        // `last_index`: a gap or an older term is a bug here, never bad input, and appending
+        // anyway would break Log Matching for every follower, so stop instead (as etcd does).
         assert_eq!(entry.index, self.last_index().next(), "leader append out of order");
         assert!(entry.term >= self.last_term(), "leader append with an older term");
         self.entries.push(entry);
@@ -134,6 +137,9 @@ impl RaftLog {
     /// Takes back the entries from `index` on that this leader just appended and nobody has
     /// seen yet (a refused proposal batch).
     pub fn truncate_uncommitted_from(&mut self, index: LogIndex) {
+        // Called only to undo a batch refused in the same step that appended it, before any
+        // persist or commit could see it; dropping a committed or persisted entry would lose
+        // an acknowledged write, so a bug that tries is stopped here rather than carried on.
         assert!(index > self.committed && index > self.persisted, "taking back a committed or persisted entry");
         self.truncate_from(index);
     }

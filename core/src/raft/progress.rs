@@ -195,6 +195,9 @@ impl Progress {
                 self.inflights.add(last, bytes);
             }
             ProgressState::Probe => self.probe_sent = true,
+            // `send_append` returns early while a snapshot is in flight (`is_paused`):
+            // reaching this is a bug in this crate, and recording the entries as in flight
+            // would wedge the follower behind a snapshot it may never finish.
             ProgressState::Snapshot => unreachable!("appends are never sent while sending a snapshot"),
         }
     }
