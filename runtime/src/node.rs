@@ -174,6 +174,10 @@ struct PendingWrite {
     proposed: Instant,
 }
 
+/// A storage batch in flight: its seq, when it was submitted, and the `(index, term)` of
+/// each write in it, reported to Raft once it is durable.
+type IssuedBatch = (u64, Instant, Vec<(LogIndex, Term)>);
+
 /// A client write waiting to be proposed: who asked, and its command as the log carries it.
 struct Proposal {
     from: SocketAddr,
@@ -226,7 +230,8 @@ struct Node<V: Vfs> {
     open_reports: Vec<(LogIndex, Term)>,
     issued_seq: u64,
     durable_seq: u64,
-    batch_reports: VecDeque<(u64, Instant, Vec<(LogIndex, Term)>)>,
+    /// Batches issued and not yet durable: their seq, when submitted, and what to tell Raft.
+    batch_reports: VecDeque<IssuedBatch>,
     /// Sends waiting for a batch to be durable: `(batch, datagrams)`, in order.
     held: VecDeque<(u64, Outgoing)>,
     /// Datagrams free to leave now, in order.
