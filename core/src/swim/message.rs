@@ -1,10 +1,9 @@
 //! SWIM packets: one datagram each, inside the [`wire`](crate::wire) envelope.
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-use super::member::{Addr, Member, Meta, State, Version};
+use super::member::{Addr, Member, SharedMeta, State, Version};
 use crate::{fnv1a64, NodeId};
 
 /// A gossip update: one claim about one member, piggybacked on any packet.
@@ -21,8 +20,7 @@ pub enum Update {
         /// Its SWIM address.
         addr: Addr,
         /// Its metadata.
-        #[serde(with = "super::member::shared_meta")]
-        meta: Arc<Meta>,
+        meta: SharedMeta,
     },
     /// `by` suspects the member at this incarnation.
     Suspect {

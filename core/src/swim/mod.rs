@@ -81,7 +81,6 @@ mod tests;
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 use rand_chacha::ChaCha8Rng;
@@ -91,7 +90,7 @@ use thiserror::Error;
 pub use config::{Config, ConfigError};
 use gossip::GossipQueue;
 use member::MetaPool;
-pub use member::{Addr, Member, Meta, State, Version};
+pub use member::{Addr, Member, Meta, SharedMeta, State, Version};
 use message::PacketHead;
 pub use message::{in_buckets, member_hash, sync_bucket, Body, Digest, Kind, Packet, Update, SYNC_BUCKETS};
 use table::{MemberTable, Record};
@@ -352,7 +351,7 @@ impl Swim {
             id: cfg.id,
             addr: cfg.addr,
             version: Version { gen: gen.min(Version::MAX_VALID), inc: 0, state: State::Alive },
-            meta: Arc::new(cfg.meta.clone()),
+            meta: SharedMeta::new(cfg.meta.clone()),
         };
         let gossip = GossipQueue::new(cfg.gossip_queue_max, cfg.id);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -518,7 +517,7 @@ impl Swim {
         if len > self.cfg.meta_bytes_max {
             return Err(SwimError::MetaTooLarge { len, max: self.cfg.meta_bytes_max });
         }
-        self.me.meta = Arc::new(meta);
+        self.me.meta = SharedMeta::new(meta);
         self.bump_incarnation(self.me.version.inc);
         let _ = now;
         Ok(())
@@ -820,7 +819,7 @@ impl Swim {
         id: NodeId,
         v: Version,
         by: NodeId,
-        info: Option<(Addr, Arc<Meta>)>,
+        info: Option<(Addr, SharedMeta)>,
         regossip: bool,
     ) -> bool {
         if id == NodeId::NONE {
@@ -926,7 +925,7 @@ impl Swim {
         id: NodeId,
         v: Version,
         by: NodeId,
-        info: Option<(Addr, Arc<Meta>)>,
+        info: Option<(Addr, SharedMeta)>,
         regossip: bool,
     ) -> bool {
         match (v.state, info) {
@@ -942,7 +941,7 @@ impl Swim {
                 }
             }
             (State::Down | State::Left, info) => {
-                let (addr, meta) = info.unwrap_or_else(|| (Addr::UNSPECIFIED, Arc::default()));
+                let (addr, meta) = info.unwrap_or_else(|| (Addr::UNSPECIFIED, SharedMeta::default()));
                 let meta = self.metas.intern(meta);
                 self.members.insert(id, v, addr, meta);
                 self.set_tombstone(now, id);
@@ -1768,7 +1767,7 @@ fn claim_by(u: &Update, sender: NodeId) -> NodeId {
     }
 }
 
-fn info_of(u: Update) -> Option<(Addr, Arc<Meta>)> {
+fn info_of(u: Update) -> Option<(Addr, SharedMeta)> {
     match u {
         Update::Alive { addr, meta, .. } => Some((addr, meta)),
         _ => None,

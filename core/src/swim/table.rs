@@ -11,12 +11,11 @@
 //! only, so outputs stay deterministic, and never the hash order.
 
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
 use hashbrown::HashTable;
 
-use super::member::{Addr, Member, Meta, State, Version};
+use super::member::{Addr, Member, SharedMeta, State, Version};
 use crate::NodeId;
 
 /// What this member knows about one other member, in 40 bytes.
@@ -29,7 +28,7 @@ pub(crate) struct Record {
     /// Its incarnation.
     pub inc: u64,
     /// Its metadata, shared with every other record (and update) that carries an equal value.
-    pub meta: Arc<Meta>,
+    pub meta: SharedMeta,
     ip: [u8; 4],
     port: u16,
     /// Its state.
@@ -120,7 +119,7 @@ impl MemberTable {
     }
 
     /// Adds a record for `id`, replacing any.
-    pub fn insert(&mut self, id: NodeId, v: Version, addr: Addr, meta: Arc<Meta>) {
+    pub fn insert(&mut self, id: NodeId, v: Version, addr: Addr, meta: SharedMeta) {
         let mut rec = Record { id, gen: v.gen, inc: v.inc, meta, ip: [0; 4], port: 0, state: v.state, v6: false };
         if let Some(s) = self.slot(id) {
             rec.v6 = self.recs[s].v6;
@@ -245,8 +244,8 @@ mod tests {
     fn ipv6_addresses_live_in_the_side_map_and_leave_with_the_record() {
         let mut t = MemberTable::default();
         let six = Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 9));
-        t.insert(NodeId(1), v(1), six, Arc::default());
-        t.insert(NodeId(2), v(1), Addr::v4(10, 0, 0, 2, 7), Arc::default());
+        t.insert(NodeId(1), v(1), six, SharedMeta::default());
+        t.insert(NodeId(2), v(1), Addr::v4(10, 0, 0, 2, 7), SharedMeta::default());
         assert_eq!(t.addr_of(NodeId(1)), Some(six));
         assert_eq!(t.addr_of(NodeId(2)), Some(Addr::v4(10, 0, 0, 2, 7)));
         t.set_addr(NodeId(1), Addr::v4(10, 0, 0, 1, 7));
@@ -273,7 +272,7 @@ mod tests {
                 }
                 if ins {
                     let addr = Addr::v4(10, 0, (id.0 >> 8) as u8, id.0 as u8, gen as u16);
-                    t.insert(id, v(gen), addr, Arc::default());
+                    t.insert(id, v(gen), addr, SharedMeta::default());
                     m.insert(id, (gen, addr));
                 } else {
                     prop_assert_eq!(t.remove(id).map(|r| r.gen), m.remove(&id).map(|(g, _)| g));

@@ -277,7 +277,7 @@ fn feed_from_9(s: &mut Swim, u: Update) -> Vec<Packet> {
 #[test]
 fn a_stale_suspicion_is_answered_with_the_refutation_this_member_holds() {
     let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
-    let alive = |i, inc| Update::Alive { id: id(i), gen: 1, inc, addr: addr(i), meta: Arc::default() };
+    let alive = |i, inc| Update::Alive { id: id(i), gen: 1, inc, addr: addr(i), meta: SharedMeta::default() };
     feed_from_9(&mut s, alive(9, 0));
     feed_from_9(&mut s, alive(5, 3));
     // 9 missed 5's refutation at incarnation 3 and still suspects incarnation 1.
@@ -297,7 +297,7 @@ fn a_stale_suspicion_is_answered_with_the_refutation_this_member_holds() {
 #[test]
 fn a_suspected_member_answers_the_sender_of_the_suspicion_first() {
     let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
-    feed_from_9(&mut s, Update::Alive { id: id(9), gen: 1, inc: 0, addr: addr(9), meta: Arc::default() });
+    feed_from_9(&mut s, Update::Alive { id: id(9), gen: 1, inc: 0, addr: addr(9), meta: SharedMeta::default() });
     let inc = s.me().version.inc;
     let back = feed_from_9(&mut s, Update::Suspect { id: id(0), gen: 1, inc, by: id(9) });
     let refuted = Update::of(s.me(), id(0));
@@ -315,7 +315,7 @@ fn a_suspected_member_answers_the_sender_of_the_suspicion_first() {
 fn a_suspicion_still_open_halfway_goes_out_once_more() {
     let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
     for i in [5, 7, 8, 9] {
-        feed_from_9(&mut s, Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::default() });
+        feed_from_9(&mut s, Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: SharedMeta::default() });
     }
     for by in [9, 7, 8] {
         feed_from_9(&mut s, Update::Suspect { id: id(5), gen: 1, inc: 0, by: id(by) });
@@ -410,7 +410,7 @@ fn a_restarted_member_with_an_old_generation_is_never_ignored() {
 #[test]
 fn a_stale_alive_never_resurrects_a_dead_generation() {
     let mut s = Swim::new(Config::lan(id(0), CLUSTER, addr(0)), 1, 1, Instant::ZERO).unwrap();
-    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: Arc::default() };
+    let alive = |inc| Update::Alive { id: id(5), gen: 3, inc, addr: addr(5), meta: SharedMeta::default() };
     let feed = |s: &mut Swim, u: Update| {
         let p = Packet { gen: 1, digest: Digest::default(), body: Body::Gossip, gossip: vec![u] };
         let bytes = crate::wire::encode(CLUSTER, id(9), &p, 1400).unwrap();
@@ -420,7 +420,7 @@ fn a_stale_alive_never_resurrects_a_dead_generation() {
     feed(&mut s, Update::Down { id: id(5), gen: 3, inc: 2 });
     feed(&mut s, alive(9));
     assert_eq!(s.member(id(5)).unwrap().version.state, State::Down);
-    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: Arc::default() });
+    feed(&mut s, Update::Alive { id: id(5), gen: 4, inc: 0, addr: addr(5), meta: SharedMeta::default() });
     assert_eq!(s.member(id(5)).unwrap().version, Version { gen: 4, inc: 0, state: State::Alive });
     s.check_invariants();
 }
@@ -504,7 +504,7 @@ fn member_of_201(sync_bytes_per_s: u32) -> Swim {
     let cfg = Config { sync_bytes_per_s, ..Config::lan(id(0), CLUSTER, addr(0)) };
     let mut s = Swim::new(cfg, 1, 1, Instant::ZERO).unwrap();
     for i in 1..=200 {
-        let u = Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::default() };
+        let u = Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: SharedMeta::default() };
         let p = Packet { gen: 1, digest: s.digest(), body: Body::Gossip, gossip: vec![u] };
         s.handle_packet(Instant::ZERO, addr(i), &crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap()).unwrap();
     }
@@ -671,7 +671,7 @@ fn records_outside_the_buckets_of_a_state_chunk_are_rejected() {
         id: other,
         addr: addr(other.0 as usize),
         version: Version { gen: 1, inc: 0, state: State::Alive },
-        meta: Arc::default(),
+        meta: SharedMeta::default(),
     };
     let body = Body::PushPull {
         seq: 1,
@@ -746,7 +746,7 @@ fn full_state_of_a_large_cluster_is_chunked_within_the_packet_limit() {
             gen: 1,
             digest: Digest::default(),
             body: Body::Gossip,
-            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: Arc::new(meta) }],
+            gossip: vec![Update::Alive { id: id(i), gen: 1, inc: 0, addr: addr(i), meta: SharedMeta::new(meta) }],
         };
         let bytes = crate::wire::encode(CLUSTER, id(i), &p, 1400).unwrap();
         s.handle_packet(Instant::ZERO, addr(i), &bytes).unwrap();
@@ -817,7 +817,7 @@ fn arb_update() -> impl Strategy<Value = Update> {
                 gen,
                 inc,
                 addr: addr(w as usize),
-                meta: Arc::new(Meta { weight: u32::from(z), ..Meta::default() }),
+                meta: SharedMeta::new(Meta { weight: u32::from(z), ..Meta::default() }),
             },
             1 => Update::Suspect { id, gen, inc, by: NodeId(9) },
             2 => Update::Down { id, gen, inc },
