@@ -392,7 +392,7 @@ pub async fn run_on<V: Vfs>(
     };
     let (storage_tx, storage_rx) = mpsc::unbounded_channel();
     let (synced_tx, synced_rx) = mpsc::unbounded_channel();
-    let storage_task = storage::spawn_group_commit(store, storage_rx, synced_tx);
+    let storage_task = storage::spawn_group_commit(store, storage_rx, synced_tx, cfg.storage.syncs_in_flight);
     let clock = Clock::start();
     let now = clock.now();
     let cluster_id = cfg.cluster_id();

@@ -5,8 +5,9 @@
 //! log (cutting off a torn tail) and hands Raft what it needs to rebuild itself. Writes arrive as
 //! [`Batch`]es of [`StorageOp`]s; [`run_group_commit`] applies every batch queued while the
 //! previous fsync ran and covers them all with one fsync, so throughput grows with concurrency.
-//! A real node runs [`run_group_commit_overlapped`], which lets a second group's fsync start
-//! while the first one's is still running and reports them in order.
+//! A real node runs [`run_group_commit_blocking`] on a thread of its own, or, when configured
+//! for more than one sync in flight, [`run_group_commit_overlapped`], which lets a second
+//! group's fsync start while the first one's is still running and reports them in order.
 
 pub mod snapshot;
 pub mod vfs;
@@ -287,13 +288,15 @@ pub fn run_group_commit_blocking<V: Vfs>(
     }
 }
 
-/// How many fsyncs a real node's group commit keeps in flight.
+/// How many fsyncs a real node's group commit keeps in flight unless `storage.syncs_in_flight`
+/// says otherwise: one, synced on the storage thread itself.
 ///
-/// Measured on this project's 2-core VM (5 kB writes into a preallocated file, each followed
-/// by `fdatasync`): one thread 880-1,400 syncs/s (p50 0.11-0.14 ms, but a long tail), two
-/// threads 3,200-8,400/s at p50 0.17 ms. A group that arrives while one sync runs starts its
-/// own instead of queueing behind it.
-pub const SYNCS_IN_FLIGHT: usize = 2;
+/// The disk alone is faster with two (on this project's 2-core VM, 5 kB writes into a
+/// preallocated file each followed by `fdatasync`: one thread 6.4k syncs/s, two 7.4k/s), but a
+/// node with two hands each group from its writing thread to a sync thread and back, and on
+/// saturated CPUs those wake-ups cost more than the overlap gains: 64 clients against three
+/// nodes on loopback, 9 alternating rounds, 50.7k puts/s mean with two against 56.4k with one.
+pub const DEFAULT_SYNCS_IN_FLIGHT: usize = 1;
 
 /// Reports finished groups to the node strictly in the order they were written, whatever order
 /// their syncs return in: a report says every batch up to its `seq` is durable.
@@ -443,19 +446,29 @@ pub fn run_group_commit_overlapped<V: Vfs>(
     }
 }
 
-/// Starts a node's group commit: on a dedicated thread for real, as a simulated task under
-/// madsim (whose disk never blocks and whose scheduler must see every step).
+/// Starts a node's group commit: on a dedicated thread for real, with `syncs_in_flight` fsyncs
+/// that may overlap (1: [`run_group_commit_blocking`], otherwise
+/// [`run_group_commit_overlapped`]); as a simulated task under madsim (whose disk never blocks
+/// and whose scheduler must see every step).
 pub fn spawn_group_commit<V: Vfs>(
     storage: Storage<V>,
     rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
+    syncs_in_flight: usize,
 ) -> crate::sys::JoinHandle<()> {
     #[cfg(not(madsim))]
     {
-        crate::sys::spawn_dedicated(move || run_group_commit_overlapped(storage, rx, done, SYNCS_IN_FLIGHT))
+        crate::sys::spawn_dedicated(move || {
+            if syncs_in_flight <= 1 {
+                run_group_commit_blocking(storage, rx, done)
+            } else {
+                run_group_commit_overlapped(storage, rx, done, syncs_in_flight)
+            }
+        })
     }
     #[cfg(madsim)]
     {
+        let _ = syncs_in_flight;
         crate::sys::spawn(run_group_commit(storage, rx, done))
     }
 }
