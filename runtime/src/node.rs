@@ -234,6 +234,9 @@ struct Node<V: Vfs> {
     batch_reports: VecDeque<IssuedBatch>,
     /// Sends waiting for a batch to be durable: `(batch, datagrams)`, in order.
     held: VecDeque<(u64, Outgoing)>,
+    /// Sends held behind the batch being submitted go with it, for the storage thread to send
+    /// once its fsync returns ([`storage::Batch::after_sync`]).
+    sends_after_sync: bool,
     /// Datagrams free to leave now, in order.
     outbox: Vec<Outgoing>,
     /// Answers produced in this turn of the loop, by client address: they leave together at
@@ -392,7 +395,12 @@ pub async fn run_on<V: Vfs>(
     };
     let (storage_tx, storage_rx) = mpsc::unbounded_channel();
     let (synced_tx, synced_rx) = mpsc::unbounded_channel();
-    let storage_task = storage::spawn_group_commit(store, storage_rx, synced_tx, cfg.storage.syncs_in_flight);
+    // One storage thread sends what waits on its fsync itself; overlapped syncs report out of
+    // the writing thread's order, so there the loop sends them, as under madsim.
+    let post_sync = if cfg.storage.syncs_in_flight <= 1 { sys::post_sync_sender(&socket) } else { None };
+    let sends_after_sync = post_sync.is_some();
+    let storage_task =
+        storage::spawn_group_commit(store, storage_rx, synced_tx, cfg.storage.syncs_in_flight, post_sync);
     let clock = Clock::start();
     let now = clock.now();
     let cluster_id = cfg.cluster_id();
@@ -433,6 +441,7 @@ pub async fn run_on<V: Vfs>(
         term_vote_seq: 0,
         batch_reports: VecDeque::new(),
         held: VecDeque::new(),
+        sends_after_sync,
         outbox: Vec::new(),
         answers: BTreeMap::new(),
         left: false,
@@ -1347,7 +1356,8 @@ impl<V: Vfs> Node<V> {
         let seq = self.issued_seq + 1;
         let ops = std::mem::take(&mut self.open_ops);
         let reports = std::mem::take(&mut self.open_reports);
-        if self.storage_tx.send(Batch { seq, ops }).is_err() {
+        let after_sync = self.take_held_behind(seq);
+        if self.storage_tx.send(Batch { seq, ops, after_sync }).is_err() {
             error!(node = self.me.0, "the storage task is gone");
             return;
         }
@@ -1358,10 +1368,36 @@ impl<V: Vfs> Node<V> {
         self.batch_reports.push_back((seq, self.now(), reports));
     }
 
+    /// The datagrams held behind batch `seq` alone, for its storage thread to send: none
+    /// unless it sends, and none that carry a promise (reported by the loop before its
+    /// datagrams leave).
+    fn take_held_behind(&mut self, seq: u64) -> storage::Datagrams {
+        let mut out = Vec::new();
+        if !self.sends_after_sync || !self.held.iter().any(|(b, (_, _, p))| *b == seq && p.is_none()) {
+            return out;
+        }
+        let mut keep = VecDeque::with_capacity(self.held.len());
+        for (b, (to, datagrams, promise)) in std::mem::take(&mut self.held) {
+            if b == seq && promise.is_none() {
+                out.extend(datagrams.into_iter().map(|d| (to, d)));
+            } else {
+                keep.push_back((b, (to, datagrams, promise)));
+            }
+        }
+        self.held = keep;
+        out
+    }
+
     fn on_synced(&mut self, s: Synced) {
         self.metrics.observe_fsync(s.took, s.batches);
         self.durable_seq = self.durable_seq.max(s.seq);
         let now = self.now();
+        let (sent, sent_bytes) = s.sent;
+        self.metrics.datagrams_sent.inc_by(sent);
+        self.transport.count_sent_many(sent, sent_bytes);
+        for (to, d) in s.unsent {
+            self.outbox.push((to, vec![d], None));
+        }
         // Sends held behind these batches leave first (they were produced first); Raft then
         // hears which of its writes are durable.
         while self.held.front().is_some_and(|(b, _)| *b <= self.durable_seq) {

@@ -37,6 +37,23 @@ pub async fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
 }
 
+/// A second handle on `socket` for the storage thread to send what waited on its fsync
+/// ([`crate::storage::PostSyncSend`]); `None` where that cannot be (under madsim, whose
+/// sockets are simulated, or if the descriptor cannot be duplicated: the loop sends then).
+pub fn post_sync_sender(socket: &Arc<UdpSocket>) -> Option<Box<dyn crate::storage::PostSyncSend>> {
+    #[cfg(not(madsim))]
+    {
+        use std::os::fd::AsFd;
+        let fd = socket.as_fd().try_clone_to_owned().ok()?;
+        Some(Box::new(std::net::UdpSocket::from(fd)))
+    }
+    #[cfg(madsim)]
+    {
+        let _ = socket;
+        None
+    }
+}
+
 /// Sends one datagram. (madsim's `send_to` takes the address first and returns no length.)
 pub async fn send_to(socket: &Arc<UdpSocket>, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
     #[cfg(not(madsim))]

@@ -312,6 +312,12 @@ impl Transport {
         self.stats.bytes_sent += bytes as u64;
     }
 
+    /// Counts `datagrams` sealed here and sent elsewhere (by the storage thread), `bytes` in all.
+    pub fn count_sent_many(&mut self, datagrams: u64, bytes: u64) {
+        self.stats.datagrams_sent += datagrams;
+        self.stats.bytes_sent += bytes;
+    }
+
     /// Counts a drop found after opening (a body the core could not use).
     pub fn count_drop(&mut self, reason: DropReason) {
         self.stats.drop(reason);

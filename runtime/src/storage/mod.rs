@@ -15,6 +15,7 @@ pub mod wal;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -196,6 +197,36 @@ pub struct Batch {
     pub seq: u64,
     /// The writes, in order.
     pub ops: Vec<StorageOp>,
+    /// Sealed datagrams that may leave only once this batch (and every one before it) is
+    /// durable: a follower's acknowledgement of the entries in `ops`, say. A real node's
+    /// storage thread sends them itself as soon as its fsync returns (see [`PostSyncSend`]),
+    /// so they do not wait for the node's loop to hear of the fsync; what it does not send
+    /// comes back in [`Synced::unsent`].
+    pub after_sync: Datagrams,
+}
+
+/// Sealed datagrams and where each goes, in order.
+pub type Datagrams = Vec<(SocketAddr, Vec<u8>)>;
+
+/// Sends a group's [`Batch::after_sync`] datagrams from the storage thread, after the group's
+/// fsync has returned and before it is reported.
+pub trait PostSyncSend: Send {
+    /// Sends what it can without blocking; returns the rest, in order.
+    fn send(&mut self, datagrams: Datagrams) -> Datagrams;
+}
+
+impl PostSyncSend for std::net::UdpSocket {
+    fn send(&mut self, datagrams: Datagrams) -> Datagrams {
+        let mut rest = Vec::new();
+        for (to, d) in datagrams {
+            // The node's socket is non-blocking: a full send buffer, like any error, hands
+            // the datagram back to the node's loop, which waits for room.
+            if !rest.is_empty() || self.send_to(&d, to).is_err() {
+                rest.push((to, d));
+            }
+        }
+        rest
+    }
 }
 
 /// A group of batches made durable by one fsync.
@@ -207,6 +238,16 @@ pub struct Synced {
     pub batches: usize,
     /// Time the writes and fsync took.
     pub took: Duration,
+    /// The group's [`Batch::after_sync`] datagrams the storage thread did not send, in order:
+    /// the node sends them. All of them where the group commit sends none itself.
+    pub unsent: Datagrams,
+    /// Datagrams and bytes of `after_sync` the storage thread sent.
+    pub sent: (u64, u64),
+}
+
+/// Every `after_sync` datagram of `group`, in order.
+fn after_sync_of(group: &mut [Batch]) -> Datagrams {
+    group.iter_mut().flat_map(|b| std::mem::take(&mut b.after_sync)).collect()
 }
 
 /// Carries out every write of `group` in order and hands them to the file system (not yet
@@ -239,6 +280,7 @@ pub async fn run_group_commit<V: Vfs>(
         }
         let start = tokio::time::Instant::now();
         let seq = group.last().map_or(0, |b| b.seq);
+        let unsent = after_sync_of(&mut group);
         let (back, written) = crate::sys::blocking(move || {
             let written = write_group(&mut storage, &group);
             (storage, written)
@@ -255,7 +297,7 @@ pub async fn run_group_commit<V: Vfs>(
         .await;
         storage = back;
         let failed = result.is_err();
-        let report = result.map(|(seq, batches)| Synced { seq, batches, took: start.elapsed() });
+        let report = result.map(|(seq, batches)| Synced { seq, batches, took: start.elapsed(), unsent, sent: (0, 0) });
         if done.send(report).is_err() || failed {
             return;
         }
@@ -267,10 +309,15 @@ pub async fn run_group_commit<V: Vfs>(
 /// On a thread of its own, a group goes from the queue through write and fsync to its report
 /// without waiting for the node's loop to poll a task in between (on a busy node that wait
 /// was as long as the fsync), and without handing each step to a pool thread and back.
+///
+/// With a `sender`, the group's [`Batch::after_sync`] datagrams leave from here the moment
+/// its fsync returns: persist before send holds by construction, and a follower's
+/// acknowledgement skips a wake-up of the node's loop on the way to the leader.
 pub fn run_group_commit_blocking<V: Vfs>(
     mut storage: Storage<V>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
+    mut sender: Option<Box<dyn PostSyncSend>>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -279,9 +326,20 @@ pub fn run_group_commit_blocking<V: Vfs>(
         }
         let start = std::time::Instant::now();
         let seq = group.last().map_or(0, |b| b.seq);
+        let held = after_sync_of(&mut group);
         let result = write_group(&mut storage, &group).and_then(|batches| storage.sync().map(|()| batches));
         let failed = result.is_err();
-        let report = result.map(|batches| Synced { seq, batches, took: start.elapsed() });
+        let report = result.map(|batches| {
+            let took = start.elapsed();
+            let (count, bytes) = (held.len(), held.iter().map(|(_, d)| d.len() as u64).sum::<u64>());
+            let unsent = match sender.as_mut() {
+                Some(s) if !held.is_empty() => s.send(held),
+                _ => held,
+            };
+            let unsent_bytes: u64 = unsent.iter().map(|(_, d)| d.len() as u64).sum();
+            let sent = ((count - unsent.len()) as u64, bytes - unsent_bytes);
+            Synced { seq, batches, took, unsent, sent }
+        });
         if done.send(report).is_err() || failed {
             return;
         }
@@ -366,6 +424,7 @@ struct SyncJob<S> {
     seq: u64,
     batches: usize,
     start: std::time::Instant,
+    unsent: Datagrams,
 }
 
 /// The group commit of a real node, on the calling thread (which it blocks) plus
@@ -396,6 +455,8 @@ pub fn run_group_commit_overlapped<V: Vfs>(
                 seq: job.seq,
                 batches: job.batches,
                 took: job.start.elapsed(),
+                unsent: job.unsent,
+                sent: (0, 0),
             });
             order.complete(job.ticket, result);
         }));
@@ -411,6 +472,8 @@ pub fn run_group_commit_overlapped<V: Vfs>(
         }
         let start = std::time::Instant::now();
         let seq = group.last().map_or(0, |b| b.seq);
+        // This form sends nothing itself: the node sends them once the report arrives.
+        let unsent = after_sync_of(&mut group);
         ticket += 1;
         let batches = match write_group(&mut storage, &group) {
             Ok(n) => n,
@@ -419,21 +482,21 @@ pub fn run_group_commit_overlapped<V: Vfs>(
                 break;
             }
         };
-        let synced = |()| Synced { seq, batches, took: start.elapsed() };
+        let synced = |unsent| Synced { seq, batches, took: start.elapsed(), unsent, sent: (0, 0) };
         if storage.needs_inline_sync() {
             if !order.wait_before(ticket) {
                 break;
             }
-            order.complete(ticket, storage.sync().map(synced));
+            order.complete(ticket, storage.sync().map(|()| synced(unsent)));
             continue;
         }
         match storage.flush_for_sync() {
             Ok(Some(handle)) => {
-                if job_tx.send(SyncJob { ticket, handle, seq, batches, start }).is_err() {
+                if job_tx.send(SyncJob { ticket, handle, seq, batches, start, unsent }).is_err() {
                     break;
                 }
             }
-            Ok(None) => order.complete(ticket, Ok(synced(()))),
+            Ok(None) => order.complete(ticket, Ok(synced(unsent))),
             Err(e) => {
                 order.complete(ticket, Err(e));
                 break;
@@ -455,12 +518,13 @@ pub fn spawn_group_commit<V: Vfs>(
     rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
     syncs_in_flight: usize,
+    sender: Option<Box<dyn PostSyncSend>>,
 ) -> crate::sys::JoinHandle<()> {
     #[cfg(not(madsim))]
     {
         crate::sys::spawn_dedicated(move || {
             if syncs_in_flight <= 1 {
-                run_group_commit_blocking(storage, rx, done)
+                run_group_commit_blocking(storage, rx, done, sender)
             } else {
                 run_group_commit_overlapped(storage, rx, done, syncs_in_flight)
             }
@@ -468,7 +532,7 @@ pub fn spawn_group_commit<V: Vfs>(
     }
     #[cfg(madsim)]
     {
-        let _ = syncs_in_flight;
+        let _ = (syncs_in_flight, sender);
         crate::sys::spawn(run_group_commit(storage, rx, done))
     }
 }
@@ -648,7 +712,7 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         for seq in 1..=50 {
             let ops = vec![StorageOp::Entries { first_index: LogIndex(seq), entries: vec![entry(seq, 1)] }];
-            tx.send(Batch { seq, ops }).unwrap();
+            tx.send(Batch { seq, ops, after_sync: Vec::new() }).unwrap();
         }
         let syncs_before = vfs.syncs();
         let task = tokio::spawn(run_group_commit(st, rx, done_tx));
@@ -668,16 +732,16 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         for seq in 1..=50 {
             let ops = vec![StorageOp::Entries { first_index: LogIndex(seq), entries: vec![entry(seq, 1)] }];
-            tx.send(Batch { seq, ops }).unwrap();
+            tx.send(Batch { seq, ops, after_sync: Vec::new() }).unwrap();
         }
         let syncs_before = vfs.syncs();
-        let thread = std::thread::spawn(move || run_group_commit_blocking(st, rx, done_tx));
+        let thread = std::thread::spawn(move || run_group_commit_blocking(st, rx, done_tx, None));
         let first = done_rx.blocking_recv().unwrap().unwrap();
         assert_eq!((first.seq, first.batches), (50, 50), "all 50 queued batches in one group");
         assert_eq!(vfs.syncs() - syncs_before, 1, "one fsync for the group");
         // A later batch is its own group, reported after the first.
         let ops = vec![StorageOp::Entries { first_index: LogIndex(51), entries: vec![entry(51, 1)] }];
-        tx.send(Batch { seq: 51, ops }).unwrap();
+        tx.send(Batch { seq: 51, ops, after_sync: Vec::new() }).unwrap();
         let second = done_rx.blocking_recv().unwrap().unwrap();
         assert_eq!((second.seq, second.batches), (51, 1));
         drop(tx);
@@ -686,6 +750,65 @@ mod tests {
         vfs.crash();
         let (_, rec, _) = Storage::open(vfs, dir, StorageOptions::default()).unwrap();
         assert_eq!(rec.entries.len(), 51);
+    }
+
+    /// Records what it is asked to send and how many fsyncs the disk had seen by then; sends
+    /// the first `take` datagrams and hands the rest back.
+    struct Recorder {
+        vfs: SimVfs,
+        take: usize,
+        log: Arc<Mutex<Vec<(u64, Datagrams)>>>,
+    }
+
+    impl PostSyncSend for Recorder {
+        fn send(&mut self, mut datagrams: Datagrams) -> Datagrams {
+            let rest = datagrams.split_off(self.take.min(datagrams.len()));
+            self.log.lock().unwrap().push((self.vfs.syncs(), datagrams));
+            rest
+        }
+    }
+
+    #[test]
+    fn datagrams_held_behind_a_batch_leave_from_the_storage_thread_only_after_its_fsync() {
+        let vfs = SimVfs::new(3, SimFaults::default());
+        let (st, _, _) = Storage::open(vfs.clone(), Path::new("/node"), StorageOptions::default()).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let to: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        for seq in 1..=3u64 {
+            let ops = vec![StorageOp::Entries { first_index: LogIndex(seq), entries: vec![entry(seq, 1)] }];
+            tx.send(Batch { seq, ops, after_sync: vec![(to, vec![seq as u8; 10])] }).unwrap();
+        }
+        let syncs_before = vfs.syncs();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sender = Recorder { vfs: vfs.clone(), take: 2, log: log.clone() };
+        let thread = std::thread::spawn(move || run_group_commit_blocking(st, rx, done_tx, Some(Box::new(sender))));
+        let report = done_rx.blocking_recv().unwrap().unwrap();
+        drop(tx);
+        thread.join().unwrap();
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 1, "one send for the group");
+        let (syncs_at_send, sent) = &log[0];
+        assert_eq!(*syncs_at_send, syncs_before + 1, "sent only after the group's fsync");
+        assert_eq!(sent, &vec![(to, vec![1u8; 10]), (to, vec![2u8; 10])], "in batch order");
+        assert_eq!(report.unsent, vec![(to, vec![3u8; 10])], "what the sender handed back goes to the node");
+        assert_eq!(report.sent, (2, 20));
+    }
+
+    #[tokio::test]
+    async fn the_simulated_group_commit_hands_every_held_datagram_back_to_the_node() {
+        let vfs = SimVfs::new(4, SimFaults::default());
+        let (st, _, _) = Storage::open(vfs.clone(), Path::new("/node"), StorageOptions::default()).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let to: SocketAddr = "127.0.0.1:7003".parse().unwrap();
+        let ops = vec![StorageOp::Entries { first_index: LogIndex(1), entries: vec![entry(1, 1)] }];
+        tx.send(Batch { seq: 1, ops, after_sync: vec![(to, vec![9; 4])] }).unwrap();
+        let task = tokio::spawn(run_group_commit(st, rx, done_tx));
+        let report = done_rx.recv().await.unwrap().unwrap();
+        assert_eq!((report.unsent, report.sent), (vec![(to, vec![9; 4])], (0, 0)));
+        drop(tx);
+        task.await.unwrap();
     }
 
     #[test]
@@ -701,7 +824,7 @@ mod tests {
                 let thread = std::thread::spawn(move || run_group_commit_overlapped(st, rx, done_tx, 2));
                 // One batch per op, sent without waiting, so groups form and overlap as they may.
                 for (i, op) in ops[..upto].iter().enumerate() {
-                    tx.send(Batch { seq: i as u64 + 1, ops: vec![op.clone()] }).unwrap();
+                    tx.send(Batch { seq: i as u64 + 1, ops: vec![op.clone()], after_sync: Vec::new() }).unwrap();
                 }
                 let mut last = 0;
                 while last < upto as u64 {
@@ -724,7 +847,7 @@ mod tests {
     }
 
     fn synced(seq: u64) -> Result<Synced, StorageError> {
-        Ok(Synced { seq, batches: 1, took: Duration::ZERO })
+        Ok(Synced { seq, batches: 1, took: Duration::ZERO, unsent: Vec::new(), sent: (0, 0) })
     }
 
     #[test]
