@@ -104,15 +104,21 @@ impl SeqWriter {
     /// Writes the envelope for `cluster_id` from `from` and `head`, with room for `capacity`
     /// bytes in all.
     pub fn new<T: Serialize>(cluster_id: u64, from: NodeId, head: &T, capacity: usize) -> Result<SeqWriter, WireError> {
+        let mut h = SeqWriter::begin(cluster_id, from, capacity);
+        h.value(head)?;
+        Ok(h.items())
+    }
+
+    /// Writes the envelope for `cluster_id` from `from`, leaving the head to the caller: a
+    /// hot message's fields written by hand cost a few instructions each, where serde's
+    /// generic path costs tens (the caller's tests pin the bytes to postcard's).
+    pub fn begin(cluster_id: u64, from: NodeId, capacity: usize) -> HeadWriter {
         let mut out = Vec::with_capacity(capacity);
         out.extend_from_slice(&MAGIC);
         out.push(PROTOCOL_VERSION);
-        let mut out =
-            postcard::to_extend(&BodyRef { cluster_id, from, body: head }, out).map_err(|_| WireError::Malformed)?;
-        let count_at = out.len();
-        // The count's first varint byte; `finish` widens it in the rare case of 128 items or more.
-        out.push(0);
-        Ok(SeqWriter { out, count_at, count: 0, failed: false })
+        put_varint(&mut out, cluster_id);
+        put_varint(&mut out, from.0);
+        HeadWriter { out }
     }
 
     /// Bytes written so far, counting the sequence's length as one byte.
@@ -123,6 +129,22 @@ impl SeqWriter {
     /// Items appended so far.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// Appends an item that `write` encodes (a hand-written encoding) if the datagram stays
+    /// within `limit` bytes; returns whether it did.
+    pub fn push_encoded_within(&mut self, limit: usize, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if self.failed {
+            return false;
+        }
+        let mark = self.out.len();
+        write(&mut self.out);
+        if self.out.len() <= limit {
+            self.count += 1;
+            return true;
+        }
+        self.out.truncate(mark);
+        false
     }
 
     /// Appends `item` if the datagram stays within `limit` bytes; returns whether it did.
@@ -155,20 +177,7 @@ impl SeqWriter {
         if self.failed {
             return Err(WireError::Malformed);
         }
-        // Ten bytes hold any u64 in LEB128 (7 bits each), so `len` never passes the array.
-        let mut varint = [0u8; 10];
-        let mut n = self.count as u64;
-        let mut len = 0;
-        // An unsigned LEB128 varint, as postcard writes a sequence's length.
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            varint[len] = if n == 0 { byte } else { byte | 0x80 };
-            len += 1;
-            if n == 0 {
-                break;
-            }
-        }
+        let (varint, len) = varint_bytes(self.count as u64);
         // `new` pushed the placeholder at `count_at` and nothing truncates below it.
         self.out[self.count_at] = varint[0];
         if len > 1 {
@@ -182,8 +191,207 @@ impl SeqWriter {
     }
 }
 
-/// Decodes a datagram for `cluster_id`, refusing anything over `max_bytes`.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], cluster_id: u64, max_bytes: usize) -> Result<Envelope<T>, WireError> {
+/// The start of a [`SeqWriter`]'s datagram: the envelope is written, the message's leading
+/// fields are being written.
+#[derive(Debug)]
+pub struct HeadWriter {
+    out: Vec<u8>,
+}
+
+impl HeadWriter {
+    /// Appends an integer as postcard writes any `u16`, `u32`, `u64` or `usize`, an enum's
+    /// variant index or a sequence's length: an unsigned LEB128 varint.
+    #[inline]
+    pub fn varint(&mut self, v: u64) {
+        put_varint(&mut self.out, v);
+    }
+
+    /// Appends `value` in its postcard encoding.
+    pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), WireError> {
+        let out = postcard::to_extend(value, core::mem::take(&mut self.out)).map_err(|_| WireError::Malformed)?;
+        self.out = out;
+        Ok(())
+    }
+
+    /// Ends the head; what follows is the trailing sequence, item by item.
+    pub fn items(mut self) -> SeqWriter {
+        let count_at = self.out.len();
+        // The count's first varint byte; `finish` widens it in the rare case of 128 items or more.
+        self.out.push(0);
+        SeqWriter { out: self.out, count_at, count: 0, failed: false }
+    }
+}
+
+/// How many bytes [`put_varint`] writes for `v`.
+#[inline]
+pub fn varint_len(v: u64) -> usize {
+    // One byte per started group of 7 bits, and one for zero.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Appends `s` as postcard encodes a string: its length, then its bytes.
+#[inline]
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// `v` as an unsigned LEB128 varint, and how many of the ten bytes it takes.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    // Ten bytes hold any u64 at 7 bits each, so `len` never passes the array.
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
+    while v >= 0x80 {
+        bytes[len] = v as u8 | 0x80;
+        v >>= 7;
+        len += 1;
+    }
+    bytes[len] = v as u8;
+    (bytes, len + 1)
+}
+
+/// Appends `v` as an unsigned LEB128 varint, as postcard encodes every integer wider than a
+/// byte.
+#[inline]
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A cursor over a datagram's postcard bytes for a hand-written decoder of a hot message. It
+/// accepts exactly what postcard accepts (overlong varints included, a last byte with bits past
+/// the type's width refused), so a hand-decoded message equals postcard's decoding of the same
+/// bytes; what it does not decode by hand it hands to postcard with [`Reader::value`].
+#[derive(Clone, Copy, Debug)]
+pub struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    /// Checks the size limit, magic and version as [`decode`] does, and reads the envelope's
+    /// cluster id and sender. The caller checks the cluster id after the body decodes, as
+    /// [`decode`] does, so both report the same error for the same bytes.
+    pub fn open(bytes: &'a [u8], max_bytes: usize) -> Result<(u64, NodeId, Reader<'a>), WireError> {
+        check_header(bytes, max_bytes)?;
+        let mut r = Reader { rest: &bytes[HEADER_BYTES..] };
+        let cluster_id = r.varint_u64()?;
+        let from = NodeId(r.varint_u64()?);
+        Ok((cluster_id, from, r))
+    }
+
+    /// A reader over bare postcard bytes, no envelope.
+    pub fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { rest: bytes }
+    }
+
+    /// The bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+
+    /// Skips the next byte if it is `byte`; returns whether it did.
+    pub fn skip_if(&mut self, byte: u8) -> bool {
+        match self.rest.split_first() {
+            Some((&b, rest)) if b == byte => {
+                self.rest = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[inline]
+    fn varint(&mut self, max_len: usize, last_max: u8) -> Result<u64, WireError> {
+        // Most fields are small: one byte, which needs no overflow check at any width.
+        match self.rest.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.rest = rest;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_long(max_len, last_max),
+        }
+    }
+
+    fn varint_long(&mut self, max_len: usize, last_max: u8) -> Result<u64, WireError> {
+        let mut out = 0u64;
+        for i in 0..max_len {
+            let Some((&b, rest)) = self.rest.split_first() else { return Err(WireError::Malformed) };
+            self.rest = rest;
+            out |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return if i == max_len - 1 && b > last_max { Err(WireError::Malformed) } else { Ok(out) };
+            }
+        }
+        Err(WireError::Malformed)
+    }
+
+    /// Reads a `u64` as postcard encodes it.
+    #[inline]
+    pub fn varint_u64(&mut self) -> Result<u64, WireError> {
+        self.varint(10, 0x01)
+    }
+
+    /// Reads a `u32` (or an enum's variant index) as postcard encodes it.
+    #[inline]
+    pub fn varint_u32(&mut self) -> Result<u32, WireError> {
+        // Five bytes with at most four bits in the last never exceed u32::MAX.
+        self.varint(5, 0x0f).map(|v| v as u32)
+    }
+
+    /// Reads a `u16` as postcard encodes it.
+    #[inline]
+    pub fn varint_u16(&mut self) -> Result<u16, WireError> {
+        self.varint(3, 0x03).map(|v| v as u16)
+    }
+
+    /// Reads a `usize` (a sequence's or a string's length) as postcard encodes it on this
+    /// target.
+    #[inline]
+    pub fn varint_usize(&mut self) -> Result<usize, WireError> {
+        let v = if usize::BITS == 64 { self.varint(10, 0x01)? } else { self.varint(5, 0x0f)? };
+        usize::try_from(v).map_err(|_| WireError::Malformed)
+    }
+
+    /// Reads the next `n` bytes.
+    #[inline]
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if n > self.rest.len() {
+            return Err(WireError::Malformed);
+        }
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    /// Reads a string as postcard encodes it: its length, then its bytes, which must be UTF-8.
+    pub fn str(&mut self) -> Result<&'a str, WireError> {
+        let n = self.varint_usize()?;
+        core::str::from_utf8(self.bytes(n)?).map_err(|_| WireError::Malformed)
+    }
+
+    /// Reads a `T` with postcard.
+    pub fn value<T: DeserializeOwned>(&mut self) -> Result<T, WireError> {
+        let (value, rest) = postcard::take_from_bytes(self.rest).map_err(|_| WireError::Malformed)?;
+        self.rest = rest;
+        Ok(value)
+    }
+
+    /// Ends the decoding: every byte read, and the datagram from `expected`'s cluster.
+    pub fn finish(self, got: u64, expected: u64) -> Result<(), WireError> {
+        if !self.rest.is_empty() {
+            return Err(WireError::Malformed);
+        }
+        if got != expected {
+            return Err(WireError::WrongCluster { expected, got });
+        }
+        Ok(())
+    }
+}
+
+fn check_header(bytes: &[u8], max_bytes: usize) -> Result<(), WireError> {
     if bytes.len() > max_bytes {
         return Err(WireError::TooLarge { len: bytes.len(), max: max_bytes });
     }
@@ -193,6 +401,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], cluster_id: u64, max_bytes: usi
     if bytes[2] != PROTOCOL_VERSION {
         return Err(WireError::UnsupportedVersion(bytes[2]));
     }
+    Ok(())
+}
+
+/// Decodes a datagram for `cluster_id`, refusing anything over `max_bytes`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], cluster_id: u64, max_bytes: usize) -> Result<Envelope<T>, WireError> {
+    check_header(bytes, max_bytes)?;
     let (decoded, rest): (BodyOwned<T>, &[u8]) =
         postcard::take_from_bytes(&bytes[HEADER_BYTES..]).map_err(|_| WireError::Malformed)?;
     if !rest.is_empty() {

@@ -53,7 +53,7 @@ impl GossipQueue {
     pub fn push_sent(&mut self, update: &Update, sends: u32) {
         let id = update.id();
         self.remove(id);
-        let size = postcard::experimental::serialized_size(update).unwrap_or(usize::MAX);
+        let size = update.encoded_len();
         let by = match update {
             Update::Suspect { by, .. } => *by,
             _ => NodeId::NONE,

@@ -27,6 +27,7 @@ use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::wire::{put_str, put_varint, varint_len, Reader, WireError};
 use crate::NodeId;
 
 /// A member's transport address (IPv4 or IPv6 socket address).
@@ -89,6 +90,114 @@ impl<'de> Deserialize<'de> for Addr {
             AddrRepr::V4(o, port) => Addr(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), port)),
             AddrRepr::V6(o, port) => Addr(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), port)),
         })
+    }
+}
+
+// Hand-written postcard codecs for the values every gossip update carries. Postcard writes an
+// enum as its variant index then its fields, an array as its bytes with no length, a string or
+// map as its length then its contents; the tests pin these to postcard's own encoding.
+
+impl Addr {
+    /// Appends the postcard encoding of this address.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        match self.0.ip() {
+            IpAddr::V4(ip) => {
+                out.push(0);
+                out.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.push(1);
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+        put_varint(out, u64::from(self.0.port()));
+    }
+
+    /// The length of [`Addr::write`]'s output.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let ip = if self.0.is_ipv4() { 4 } else { 16 };
+        1 + ip + varint_len(u64::from(self.0.port()))
+    }
+
+    /// Reads an address as postcard decodes one.
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Addr, WireError> {
+        let ip = match r.varint_u32()? {
+            0 => {
+                let mut o = [0u8; 4];
+                o.copy_from_slice(r.bytes(4)?);
+                IpAddr::V4(Ipv4Addr::from(o))
+            }
+            1 => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(r.bytes(16)?);
+                IpAddr::V6(Ipv6Addr::from(o))
+            }
+            _ => return Err(WireError::Malformed),
+        };
+        Ok(Addr(SocketAddr::new(ip, r.varint_u16()?)))
+    }
+}
+
+impl SharedMeta {
+    /// Appends the postcard encoding of the metadata.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let Some(m) = &self.0 else {
+            // Three empty strings, weight 0, two empty maps.
+            out.extend_from_slice(&[0; 6]);
+            return;
+        };
+        put_str(out, &m.region);
+        put_str(out, &m.zone);
+        put_str(out, &m.rack);
+        put_varint(out, u64::from(m.weight));
+        put_varint(out, m.addrs.len() as u64);
+        for (k, a) in &m.addrs {
+            put_str(out, k);
+            a.write(out);
+        }
+        put_varint(out, m.tags.len() as u64);
+        for (k, v) in &m.tags {
+            put_str(out, k);
+            put_str(out, v);
+        }
+    }
+
+    /// The length of [`SharedMeta::write`]'s output.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let Some(m) = &self.0 else { return 6 };
+        let s = |s: &String| varint_len(s.len() as u64) + s.len();
+        s(&m.region)
+            + s(&m.zone)
+            + s(&m.rack)
+            + varint_len(u64::from(m.weight))
+            + varint_len(m.addrs.len() as u64)
+            + m.addrs.iter().map(|(k, a)| s(k) + a.encoded_len()).sum::<usize>()
+            + varint_len(m.tags.len() as u64)
+            + m.tags.iter().map(|(k, v)| s(k) + s(v)).sum::<usize>()
+    }
+
+    /// Reads metadata as postcard decodes a [`Meta`] (a repeated map key keeps its last value,
+    /// as serde's map decoding does).
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<SharedMeta, WireError> {
+        if r.rest().starts_with(&[0; 6]) {
+            r.bytes(6)?;
+            return Ok(SharedMeta(None));
+        }
+        let region = r.str()?.into();
+        let zone = r.str()?.into();
+        let rack = r.str()?.into();
+        let weight = r.varint_u32()?;
+        let mut addrs = BTreeMap::new();
+        for _ in 0..r.varint_usize()? {
+            let k = r.str()?.into();
+            addrs.insert(k, Addr::read(r)?);
+        }
+        let mut tags = BTreeMap::new();
+        for _ in 0..r.varint_usize()? {
+            let k = r.str()?.into();
+            tags.insert(k, r.str()?.into());
+        }
+        Ok(SharedMeta::new(Meta { region, zone, rack, weight, addrs, tags }))
     }
 }
 

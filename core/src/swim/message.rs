@@ -4,6 +4,7 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use super::member::{Addr, Member, SharedMeta, State, Version};
+use crate::wire::{put_varint, varint_len, Envelope, HeadWriter, Reader, WireError};
 use crate::{fnv1a64, NodeId};
 
 /// A gossip update: one claim about one member, piggybacked on any packet.
@@ -84,6 +85,56 @@ impl Update {
             State::Down => Update::Down { id, gen, inc },
             State::Left => Update::Left { id, gen, inc },
         }
+    }
+}
+
+impl Update {
+    /// Appends this update's postcard encoding, written by hand.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let (variant, id, gen, inc) = match self {
+            Update::Alive { id, gen, inc, .. } => (0, id, gen, inc),
+            Update::Suspect { id, gen, inc, .. } => (1, id, gen, inc),
+            Update::Down { id, gen, inc } => (2, id, gen, inc),
+            Update::Left { id, gen, inc } => (3, id, gen, inc),
+        };
+        out.push(variant);
+        put_varint(out, id.0);
+        put_varint(out, *gen);
+        put_varint(out, *inc);
+        match self {
+            Update::Alive { addr, meta, .. } => {
+                addr.write(out);
+                meta.write(out);
+            }
+            Update::Suspect { by, .. } => put_varint(out, by.0),
+            Update::Down { .. } | Update::Left { .. } => {}
+        }
+    }
+
+    /// The length of [`Update::write`]'s output, without writing it.
+    pub(crate) fn encoded_len(&self) -> usize {
+        let v = self.version();
+        let tail = match self {
+            Update::Alive { addr, meta, .. } => addr.encoded_len() + meta.encoded_len(),
+            Update::Suspect { by, .. } => varint_len(by.0),
+            Update::Down { .. } | Update::Left { .. } => 0,
+        };
+        1 + varint_len(self.id().0) + varint_len(v.gen) + varint_len(v.inc) + tail
+    }
+
+    /// Reads an update as postcard decodes one.
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Update, WireError> {
+        let variant = r.varint_u32()?;
+        if variant > 3 {
+            return Err(WireError::Malformed);
+        }
+        let (id, gen, inc) = (NodeId(r.varint_u64()?), r.varint_u64()?, r.varint_u64()?);
+        Ok(match variant {
+            0 => Update::Alive { id, gen, inc, addr: Addr::read(r)?, meta: SharedMeta::read(r)? },
+            1 => Update::Suspect { id, gen, inc, by: NodeId(r.varint_u64()?) },
+            2 => Update::Down { id, gen, inc },
+            _ => Update::Left { id, gen, inc },
+        })
     }
 }
 
@@ -277,6 +328,69 @@ pub(crate) struct PacketHead<'a> {
     pub digest: Digest,
     /// As [`Packet::body`].
     pub body: &'a Body,
+}
+
+// Postcard writes an enum's variant as its index in declaration order.
+const PING: u32 = 0;
+const ACK: u32 = 1;
+const NACK: u32 = 3;
+const GOSSIP: u32 = 6;
+
+impl PacketHead<'_> {
+    /// Writes the head as postcard would, by hand for the bodies every probe round sends
+    /// (ping, ack, nack, gossip) and through postcard for the rest.
+    pub(crate) fn write(&self, w: &mut HeadWriter) -> Result<(), WireError> {
+        w.varint(self.gen);
+        w.varint(u64::from(self.digest.live));
+        w.varint(u64::from(self.digest.hash));
+        match *self.body {
+            Body::Ping { seq, target } => {
+                w.varint(u64::from(PING));
+                w.varint(u64::from(seq));
+                w.varint(target.0);
+            }
+            Body::Ack { seq } => {
+                w.varint(u64::from(ACK));
+                w.varint(u64::from(seq));
+            }
+            Body::Nack { seq } => {
+                w.varint(u64::from(NACK));
+                w.varint(u64::from(seq));
+            }
+            Body::Gossip => w.varint(u64::from(GOSSIP)),
+            ref other => w.value(other)?,
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a SWIM datagram for `cluster_id`: the same result as
+/// [`wire::decode::<Packet>`](crate::wire::decode) for every input, with the fields of the packets
+/// every probe round carries (the envelope, ping, ack, nack, gossip, the updates) read by
+/// hand and the rest by postcard.
+pub fn decode_packet(bytes: &[u8], cluster_id: u64, max_bytes: usize) -> Result<Envelope<Packet>, WireError> {
+    let (got, from, mut r) = Reader::open(bytes, max_bytes)?;
+    let gen = r.varint_u64()?;
+    let digest = Digest { live: r.varint_u32()?, hash: r.varint_u32()? };
+    let at_body = r;
+    let body = match r.varint_u32()? {
+        PING => Body::Ping { seq: r.varint_u32()?, target: NodeId(r.varint_u64()?) },
+        ACK => Body::Ack { seq: r.varint_u32()? },
+        NACK => Body::Nack { seq: r.varint_u32()? },
+        GOSSIP => Body::Gossip,
+        _ => {
+            r = at_body;
+            r.value::<Body>()?
+        }
+    };
+    let n = r.varint_usize()?;
+    // Every update takes at least four bytes, so the input bounds the allocation.
+    let mut gossip = Vec::with_capacity(n.min(r.rest().len() / 4));
+    for _ in 0..n {
+        gossip.push(Update::read(&mut r)?);
+    }
+    r.finish(got, cluster_id)?;
+    Ok(Envelope { cluster_id, from, body: Packet { gen, digest, body, gossip } })
 }
 
 impl Packet {

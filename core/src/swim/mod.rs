@@ -556,7 +556,7 @@ impl Swim {
     pub fn handle_packet(&mut self, now: Instant, from: Addr, bytes: &[u8]) -> Result<(), SwimError> {
         self.stats.packets_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let env = match wire::decode::<Packet>(bytes, self.cfg.cluster_id, self.tuning.packet_bytes_max) {
+        let env = match message::decode_packet(bytes, self.cfg.cluster_id, self.tuning.packet_bytes_max) {
             Ok(env) => env,
             Err(e) => {
                 match e {
@@ -1334,17 +1334,19 @@ impl Swim {
     fn send(&mut self, to: Addr, body: Body, first: Vec<Update>) {
         let max = self.tuning.packet_bytes_max;
         let head = PacketHead { gen: self.me.version.gen, digest: self.digest(), body: &body };
+        let mut h = wire::SeqWriter::begin(self.cfg.cluster_id, self.cfg.id, 64);
         // The head of a packet this member builds always encodes; an error here is a bug,
         // counted (as an unsent packet would be) rather than a panic.
-        let Ok(mut w) = wire::SeqWriter::new(self.cfg.cluster_id, self.cfg.id, &head, 64) else {
+        if head.write(&mut h).is_err() {
             self.stats.send_errors += 1;
             return;
-        };
+        }
+        let mut w = h.items();
         // The sequence length was counted as one byte; the slack covers a wider one.
         let limit = max.saturating_sub(GOSSIP_SLACK);
         let skip: Vec<NodeId> = first.iter().map(Update::id).collect();
         for u in &first {
-            w.push_within(u, limit);
+            w.push_encoded_within(limit, |out| u.write(out));
         }
         let mut queued = Vec::new();
         let retransmit = self.retransmit_limit();
@@ -1352,7 +1354,7 @@ impl Swim {
         let budget = limit.saturating_sub(w.written());
         self.gossip.take(budget, retransmit, &skip, &mut queued, |id, by| current_update(members, me, id, by));
         for u in &queued {
-            w.push_within(u, limit);
+            w.push_encoded_within(limit, |out| u.write(out));
         }
         if body == Body::Gossip && w.count() == 0 {
             return; // the queue ran dry part-way through a gossip round

@@ -31,7 +31,9 @@ pub fn check_decode(data: &[u8]) {
 }
 
 fn check_one(bytes: &[u8]) {
-    let Ok(env) = wire::decode::<Packet>(bytes, CLUSTER, LIMIT) else { return };
+    let decoded = wire::decode::<Packet>(bytes, CLUSTER, LIMIT);
+    assert_eq!(super::message::decode_packet(bytes, CLUSTER, LIMIT), decoded, "the hand-written decoder disagrees");
+    let Ok(env) = decoded else { return };
     let again = wire::encode(CLUSTER, env.from, &env.body, LIMIT).expect("a decoded packet re-encodes");
     assert!(again.len() <= bytes.len(), "re-encoding grew from {} to {} bytes", bytes.len(), again.len());
     let back: Envelope<Packet> = wire::decode(&again, CLUSTER, LIMIT).expect("a re-encoded packet decodes");

@@ -2,8 +2,10 @@
 //! (Dadgar, Phillips, Currey 2018, section 4), plus the edge cases of this implementation.
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
 use alloc::vec::Vec;
 use alloc::{format, vec};
+use core::net::SocketAddr;
 use core::time::Duration;
 use proptest::prelude::*;
 
@@ -868,5 +870,204 @@ proptest! {
                 prop_assert!(!u.version().supersedes(v), "{:?} should have replaced {:?}", u, v);
             }
         }
+    }
+}
+
+// ----- the hand-written packet codec against postcard -----
+
+fn arb_body() -> impl Strategy<Value = Body> {
+    let member = (1u64..u64::MAX, any::<u8>(), any::<u64>(), any::<u64>(), 0u8..4).prop_map(|(i, a, gen, inc, s)| {
+        let state = [State::Alive, State::Suspect, State::Down, State::Left][usize::from(s)];
+        Member {
+            id: NodeId(i),
+            addr: Addr::v4(10, 0, 0, a, 7946),
+            version: Version { gen, inc, state },
+            meta: SharedMeta::default(),
+        }
+    });
+    prop_oneof![
+        (any::<u32>(), any::<u64>()).prop_map(|(seq, t)| Body::Ping { seq, target: NodeId(t) }),
+        any::<u32>().prop_map(|seq| Body::Ack { seq }),
+        (any::<u32>(), any::<u64>(), any::<u8>()).prop_map(|(seq, t, a)| Body::PingReq {
+            seq,
+            target: NodeId(t),
+            addr: Addr::v4(10, 0, 0, a, 7946)
+        }),
+        any::<u32>().prop_map(|seq| Body::Nack { seq }),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 0..70))
+            .prop_map(|(seq, buckets)| Body::Summary { seq, buckets }),
+        (
+            any::<u32>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<u64>(),
+            proptest::collection::vec(member, 0..4)
+        )
+            .prop_map(|(seq, reply, join, part, parts, buckets, members)| Body::PushPull {
+                seq,
+                reply,
+                join,
+                part,
+                parts,
+                buckets,
+                members
+            }),
+        Just(Body::Gossip),
+    ]
+}
+
+fn arb_addr() -> impl Strategy<Value = Addr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(o, p)| Addr(SocketAddr::from((o, p)))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(o, p)| Addr(SocketAddr::from((o, p)))),
+    ]
+}
+
+fn arb_meta() -> impl Strategy<Value = SharedMeta> {
+    let label = prop_oneof![Just(String::new()), "[a-z]{1,4}", "\\PC{0,3}"];
+    let addrs = proptest::collection::btree_map("[a-z0-9]{0,5}", arb_addr(), 0..3);
+    let tags = proptest::collection::btree_map("[a-z0-9]{0,5}", label.clone(), 0..3);
+    prop_oneof![
+        Just(SharedMeta::default()),
+        (label.clone(), label.clone(), label, any::<u32>(), addrs, tags).prop_map(
+            |(region, zone, rack, weight, addrs, tags)| SharedMeta::new(Meta {
+                region,
+                zone,
+                rack,
+                weight,
+                addrs,
+                tags
+            })
+        ),
+    ]
+}
+
+/// Updates over the whole range of every field, metadata with labels, addresses and tags.
+fn arb_wide_update() -> impl Strategy<Value = Update> {
+    (0u8..4, any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), arb_addr(), arb_meta()).prop_map(
+        |(kind, id, gen, inc, by, addr, meta)| {
+            let id = NodeId(id);
+            match kind {
+                0 => Update::Alive { id, gen, inc, addr, meta },
+                1 => Update::Suspect { id, gen, inc, by: NodeId(by) },
+                2 => Update::Down { id, gen, inc },
+                _ => Update::Left { id, gen, inc },
+            }
+        },
+    )
+}
+
+fn arb_packet() -> impl Strategy<Value = Packet> {
+    let update = prop_oneof![arb_update(), arb_wide_update()];
+    (any::<u64>(), any::<u32>(), any::<u32>(), arb_body(), proptest::collection::vec(update, 0..4))
+        .prop_map(|(gen, live, hash, body, gossip)| Packet { gen, digest: Digest { live, hash }, body, gossip })
+}
+
+/// The hand-written head plus items appended one by one, as `Swim::send` builds a datagram.
+fn hand_encoded(cluster: u64, from: NodeId, p: &Packet) -> Vec<u8> {
+    let mut h = crate::wire::SeqWriter::begin(cluster, from, 64);
+    message::PacketHead { gen: p.gen, digest: p.digest, body: &p.body }.write(&mut h).unwrap();
+    let mut w = h.items();
+    for u in &p.gossip {
+        assert!(w.push_encoded_within(usize::MAX, |out| u.write(out)));
+    }
+    w.finish(usize::MAX).unwrap()
+}
+
+/// Both decoders give the same answer, packet or error.
+fn same_decoding(bytes: &[u8], cluster: u64) -> Result<(), TestCaseError> {
+    let by_hand = message::decode_packet(bytes, cluster, 1400);
+    let by_postcard = crate::wire::decode::<Packet>(bytes, cluster, 1400);
+    prop_assert_eq!(by_hand, by_postcard, "bytes {:02x?}", bytes);
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn the_hand_written_encoder_writes_postcards_bytes(p in arb_packet(), cluster in any::<u64>(), from in any::<u64>()) {
+        let expected = crate::wire::encode(cluster, NodeId(from), &p, usize::MAX).unwrap();
+        prop_assert_eq!(hand_encoded(cluster, NodeId(from), &p), expected);
+    }
+
+    #[test]
+    fn an_updates_hand_written_encoding_and_length_are_postcards(u in arb_wide_update()) {
+        let expected = postcard::to_allocvec(&u).unwrap();
+        let mut out = Vec::new();
+        u.write(&mut out);
+        prop_assert_eq!(&out, &expected);
+        prop_assert_eq!(u.encoded_len(), expected.len());
+        let mut r = crate::wire::Reader::new(&expected);
+        prop_assert_eq!(Update::read(&mut r), Ok(u));
+        prop_assert!(r.rest().is_empty());
+    }
+
+    #[test]
+    fn the_hand_written_decoder_agrees_with_postcard_on_every_input(
+        p in arb_packet(),
+        cluster in prop_oneof![Just(CLUSTER), any::<u64>()],
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let bytes = crate::wire::encode(CLUSTER, NodeId(5), &p, usize::MAX).unwrap();
+        same_decoding(&bytes, cluster)?;
+        prop_assert!(message::decode_packet(&bytes, CLUSTER, usize::MAX).is_ok_and(|e| e.body == p));
+        // Truncated, with one byte replaced, with bytes after it, and noise behind a header.
+        same_decoding(&bytes[..cut.index(bytes.len())], cluster)?;
+        let mut changed = bytes.clone();
+        changed[flip.index(bytes.len())] = byte;
+        same_decoding(&changed, cluster)?;
+        let mut longer = bytes.clone();
+        longer.push(byte);
+        same_decoding(&longer, cluster)?;
+        let mut framed = bytes[..crate::wire::HEADER_BYTES].to_vec();
+        framed.extend_from_slice(&noise);
+        same_decoding(&framed, cluster)?;
+    }
+}
+
+#[test]
+fn the_hand_written_decoder_takes_overlong_varints_as_postcard_does_and_refuses_overflow() {
+    let p = Packet { gen: 1, digest: Digest::default(), body: Body::Ack { seq: 3 }, gossip: Vec::new() };
+    let bytes = crate::wire::encode(CLUSTER, NodeId(5), &p, 1400).unwrap();
+    // The envelope: magic, version, the cluster id's varint, the sender's (5), then the packet.
+    let at = crate::wire::HEADER_BYTES + postcard::to_allocvec(&CLUSTER).unwrap().len();
+    assert_eq!(bytes[at], 5);
+    let splice = |with: &[u8]| {
+        let mut b = bytes[..at].to_vec();
+        b.extend_from_slice(with);
+        b.extend_from_slice(&bytes[at + 1..]);
+        b
+    };
+    // 5 written in two bytes, 5 with a tenth byte past 64 bits, 5 followed by an unended varint.
+    let overlong = splice(&[0x85, 0x00]);
+    let overflow = splice(&[0x85, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]);
+    let unended = splice(&[0x85, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
+    assert_eq!(message::decode_packet(&overlong, CLUSTER, 1400).map(|e| e.from), Ok(NodeId(5)));
+    for b in [&overlong, &overflow, &unended] {
+        assert_eq!(message::decode_packet(b, CLUSTER, 1400), crate::wire::decode::<Packet>(b, CLUSTER, 1400));
+    }
+    assert_eq!(message::decode_packet(&overflow, CLUSTER, 1400), Err(WireError::Malformed));
+    assert_eq!(message::decode_packet(&unended, CLUSTER, 1400), Err(WireError::Malformed));
+    // The ack's seq, a u32, is the second to last byte: five bytes with 4 bits in the last
+    // still fit, a fifth bit does not.
+    let seq_at = bytes.len() - 2;
+    assert_eq!(bytes[seq_at], 3);
+    let with_seq = |with: &[u8]| {
+        let mut b = bytes[..seq_at].to_vec();
+        b.extend_from_slice(with);
+        b.push(0);
+        b
+    };
+    let widest = with_seq(&[0x83, 0x80, 0x80, 0x80, 0x0f]);
+    let past = with_seq(&[0x83, 0x80, 0x80, 0x80, 0x10]);
+    let body = message::decode_packet(&widest, CLUSTER, 1400).map(|e| e.body.body);
+    assert_eq!(body, Ok(Body::Ack { seq: 3 | 0xf << 28 }));
+    assert_eq!(message::decode_packet(&past, CLUSTER, 1400), Err(WireError::Malformed));
+    for b in [&widest, &past] {
+        assert_eq!(message::decode_packet(b, CLUSTER, 1400), crate::wire::decode::<Packet>(b, CLUSTER, 1400));
     }
 }
