@@ -177,12 +177,14 @@ impl SeqWriter {
         if self.failed {
             return Err(WireError::Malformed);
         }
-        let (varint, len) = varint_bytes(self.count as u64);
-        // `new` pushed the placeholder at `count_at` and nothing truncates below it.
-        self.out[self.count_at] = varint[0];
-        if len > 1 {
-            let at = self.count_at + 1;
-            self.out.splice(at..at, varint[1..len].iter().copied());
+        // `HeadWriter::items` pushed a one-byte placeholder at `count_at`, and nothing truncates
+        // below it, so the index holds.
+        if self.count < 0x80 {
+            self.out[self.count_at] = self.count as u8;
+        } else {
+            let mut wide = Vec::with_capacity(10);
+            put_varint(&mut wide, self.count as u64);
+            self.out.splice(self.count_at..=self.count_at, wide);
         }
         if self.out.len() > max_bytes {
             return Err(WireError::TooLarge { len: self.out.len(), max: max_bytes });
@@ -236,20 +238,6 @@ pub fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// `v` as an unsigned LEB128 varint, and how many of the ten bytes it takes.
-fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
-    // Ten bytes hold any u64 at 7 bits each, so `len` never passes the array.
-    let mut bytes = [0u8; 10];
-    let mut len = 0;
-    while v >= 0x80 {
-        bytes[len] = v as u8 | 0x80;
-        v >>= 7;
-        len += 1;
-    }
-    bytes[len] = v as u8;
-    (bytes, len + 1)
-}
-
 /// Appends `v` as an unsigned LEB128 varint, as postcard encodes every integer wider than a
 /// byte.
 #[inline]
@@ -290,17 +278,6 @@ impl<'a> Reader<'a> {
     /// The bytes not read yet.
     pub fn rest(&self) -> &'a [u8] {
         self.rest
-    }
-
-    /// Skips the next byte if it is `byte`; returns whether it did.
-    pub fn skip_if(&mut self, byte: u8) -> bool {
-        match self.rest.split_first() {
-            Some((&b, rest)) if b == byte => {
-                self.rest = rest;
-                true
-            }
-            _ => false,
-        }
     }
 
     #[inline]
