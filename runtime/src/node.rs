@@ -5,7 +5,9 @@
 //! earliest deadline of any machine, or the stop signal; then it steps the machines with `now`
 //! and carries out their actions in order:
 //! - `Persist*` actions join the open storage batch, handed to the group-commit task (see
-//!   [`crate::storage`]) at the end of the step;
+//!   [`crate::storage`]) at the end of the step; a node that is not leading writes and syncs
+//!   it on the loop itself when that task is idle (`storage.inline_when_following`), after
+//!   sending what does not wait on it, then steps on;
 //! - a `Send` waits until every batch issued before it is durable (**persist before send**),
 //!   and leaves at once when nothing is pending; a leader's appends come before its own write
 //!   in Raft's action order, so they never wait;
@@ -226,6 +228,9 @@ struct Node<V: Vfs> {
     metrics: Metrics,
     storage_tx: mpsc::UnboundedSender<Batch>,
     synced_rx: mpsc::UnboundedReceiver<Result<Synced, StorageError>>,
+    /// The storage, for a node that is not leading to write and sync its batches on the loop
+    /// itself while the storage thread is idle (see [`Node::submit_batch`]).
+    inline_store: Option<storage::SharedStorage<V>>,
     open_ops: Vec<StorageOp>,
     open_reports: Vec<(LogIndex, Term)>,
     issued_seq: u64,
@@ -399,8 +404,9 @@ pub async fn run_on<V: Vfs>(
     // the writing thread's order, so there the loop sends them, as under madsim.
     let post_sync = if cfg.storage.syncs_in_flight <= 1 { sys::post_sync_sender(&socket) } else { None };
     let sends_after_sync = post_sync.is_some();
-    let storage_task =
+    let (storage_task, shared_store) =
         storage::spawn_group_commit(store, storage_rx, synced_tx, cfg.storage.syncs_in_flight, post_sync);
+    let inline_store = shared_store.filter(|_| cfg.storage.inline_when_following);
     let clock = Clock::start();
     let now = clock.now();
     let cluster_id = cfg.cluster_id();
@@ -433,6 +439,7 @@ pub async fn run_on<V: Vfs>(
         metrics,
         storage_tx,
         synced_rx,
+        inline_store,
         open_ops: Vec::new(),
         open_reports: Vec::new(),
         issued_seq: 0,
@@ -1085,11 +1092,11 @@ impl<V: Vfs> Node<V> {
                 }
                 any = true;
             }
-            if !any {
+            // A batch synced on the loop itself may have let Raft go on: drain again.
+            if !any && !self.submit_batch().await? {
                 break;
             }
         }
-        self.submit_batch();
         self.update_gauges();
         self.flush_held().await;
         Ok(())
@@ -1346,9 +1353,17 @@ impl<V: Vfs> Node<V> {
         }
     }
 
-    fn submit_batch(&mut self) {
+    /// Hands the open batch to storage. Returns whether it is already durable: a node that is
+    /// not leading writes and syncs it on the loop itself when the storage thread is idle.
+    ///
+    /// A follower's loop has nothing better to do during the fsync than wait for it (what
+    /// arrives meanwhile queues in the socket and makes the next, larger batch), and the
+    /// hand-off to the storage thread and its report cost two wake-ups on the path from an
+    /// append to its acknowledgement. A leader's loop keeps the thread: it must go on taking
+    /// requests and acknowledgements while its own fsync runs.
+    async fn submit_batch(&mut self) -> Result<bool, NodeError> {
         if self.open_ops.is_empty() {
-            return;
+            return Ok(false);
         }
         if let Some(hs) = self.lazy_hard_state.take() {
             self.open_ops.push(StorageOp::HardState(hs));
@@ -1356,16 +1371,34 @@ impl<V: Vfs> Node<V> {
         let seq = self.issued_seq + 1;
         let ops = std::mem::take(&mut self.open_ops);
         let reports = std::mem::take(&mut self.open_reports);
+        let inline = self
+            .inline_store
+            .as_ref()
+            .filter(|_| self.durable_seq == self.issued_seq && self.raft.role() != Role::Leader);
+        let submitted = self.now();
+        if let Some(store) = inline.cloned() {
+            self.note_issued(seq, submitted, reports);
+            // What does not wait on this batch leaves before the fsync, not after it.
+            self.flush_held().await;
+            let synced = storage::commit_inline(&store, Batch { seq, ops, after_sync: Vec::new() }).await?;
+            self.on_synced(synced);
+            return Ok(true);
+        }
         let after_sync = self.take_held_behind(seq);
         if self.storage_tx.send(Batch { seq, ops, after_sync }).is_err() {
             error!(node = self.me.0, "the storage task is gone");
-            return;
+            return Ok(false);
         }
+        self.note_issued(seq, submitted, reports);
+        Ok(false)
+    }
+
+    fn note_issued(&mut self, seq: u64, submitted: Instant, reports: Vec<(LogIndex, Term)>) {
         self.issued_seq = seq;
         if std::mem::take(&mut self.open_has_term_vote) {
             self.term_vote_seq = seq;
         }
-        self.batch_reports.push_back((seq, self.now(), reports));
+        self.batch_reports.push_back((seq, submitted, reports));
     }
 
     /// The datagrams held behind batch `seq` alone, for its storage thread to send: none
@@ -1511,7 +1544,7 @@ impl<V: Vfs> Node<V> {
         if let Some(hs) = self.lazy_hard_state.take() {
             self.open_ops.push(StorageOp::HardState(hs));
         }
-        self.submit_batch();
+        self.submit_batch().await?;
         while self.durable_seq < self.issued_seq {
             match self.synced_rx.recv().await {
                 Some(Ok(s)) => self.on_synced(s),

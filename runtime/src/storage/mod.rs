@@ -8,6 +8,8 @@
 //! A real node runs [`run_group_commit_blocking`] on a thread of its own, or, when configured
 //! for more than one sync in flight, [`run_group_commit_overlapped`], which lets a second
 //! group's fsync start while the first one's is still running and reports them in order.
+//! With one storage thread the storage is shared ([`SharedStorage`]), and a follower's loop
+//! writes and syncs a batch itself ([`commit_inline`]) whenever the thread holds none.
 
 pub mod snapshot;
 pub mod vfs;
@@ -49,6 +51,9 @@ pub enum StorageError {
     /// A record could not be encoded.
     #[error("storage: cannot encode a record: {0}")]
     Encode(String),
+    /// A thread panicked while it held the storage, so the log may be half written.
+    #[error("storage: a thread panicked while writing the log; restart the node")]
+    Poisoned,
 }
 
 impl StorageError {
@@ -269,7 +274,7 @@ fn write_group<V: Vfs>(storage: &mut Storage<V>, group: &[Batch]) -> Result<usiz
 /// between write and sync, where a crash loses the group). A real node runs
 /// [`run_group_commit_blocking`] on a thread of its own instead, see [`spawn_group_commit`].
 pub async fn run_group_commit<V: Vfs>(
-    mut storage: Storage<V>,
+    storage: SharedStorage<V>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
 ) {
@@ -281,27 +286,30 @@ pub async fn run_group_commit<V: Vfs>(
         let start = tokio::time::Instant::now();
         let seq = group.last().map_or(0, |b| b.seq);
         let unsent = after_sync_of(&mut group);
-        let (back, written) = crate::sys::blocking(move || {
-            let written = write_group(&mut storage, &group);
-            (storage, written)
-        })
-        .await;
-        storage = back;
-        // The writes are in the file but not durable until the sync returns: a crash now
-        // (the simulator's disk models this window) loses them.
-        crate::sys::disk_latency(seq).await;
-        let (back, result) = crate::sys::blocking(move || {
-            let result = written.and_then(|batches| storage.sync().map(|()| (seq, batches)));
-            (storage, result)
-        })
-        .await;
-        storage = back;
+        let result = write_then_sync(&storage, group, seq).await;
         let failed = result.is_err();
-        let report = result.map(|(seq, batches)| Synced { seq, batches, took: start.elapsed(), unsent, sent: (0, 0) });
+        let report = result.map(|batches| Synced { seq, batches, took: start.elapsed(), unsent, sent: (0, 0) });
         if done.send(report).is_err() || failed {
             return;
         }
     }
+}
+
+/// Writes `group`, waits the simulated disk's latency, syncs (each step off the event loop
+/// for real, a step of the simulation under madsim). Returns how many batches it held.
+async fn write_then_sync<V: Vfs>(
+    storage: &SharedStorage<V>,
+    group: Vec<Batch>,
+    seq: u64,
+) -> Result<usize, StorageError> {
+    let shared = storage.clone();
+    let batches = crate::sys::blocking(move || write_group(&mut *lock(&shared)?, &group)).await?;
+    // The writes are in the file but not durable until the sync returns: a crash now (the
+    // simulator's disk models this window) loses them.
+    crate::sys::disk_latency(seq).await;
+    let shared = storage.clone();
+    crate::sys::blocking(move || lock(&shared)?.sync()).await?;
+    Ok(batches)
 }
 
 /// The same group commit as [`run_group_commit`], on the calling thread, which it blocks.
@@ -314,7 +322,56 @@ pub async fn run_group_commit<V: Vfs>(
 /// its fsync returns: persist before send holds by construction, and a follower's
 /// acknowledgement skips a wake-up of the node's loop on the way to the leader.
 pub fn run_group_commit_blocking<V: Vfs>(
-    mut storage: Storage<V>,
+    storage: Storage<V>,
+    rx: mpsc::UnboundedReceiver<Batch>,
+    done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
+    sender: Option<Box<dyn PostSyncSend>>,
+) {
+    run_group_commit_shared(&share(storage), rx, done, sender)
+}
+
+/// A node's storage, shared between its storage thread and its loop: the loop writes and
+/// syncs a batch itself ([`commit_inline`]) only while the thread has nothing in hand.
+pub type SharedStorage<V> = Arc<Mutex<Storage<V>>>;
+
+fn lock<V: Vfs>(storage: &SharedStorage<V>) -> Result<MutexGuard<'_, Storage<V>>, StorageError> {
+    storage.lock().map_err(|_| StorageError::Poisoned)
+}
+
+/// Writes and fsyncs `group` under the storage's lock. Returns how many batches it held.
+fn commit_group<V: Vfs>(storage: &SharedStorage<V>, group: &[Batch]) -> Result<usize, StorageError> {
+    let mut storage = lock(storage)?;
+    let batches = write_group(&mut storage, group)?;
+    storage.sync()?;
+    Ok(batches)
+}
+
+/// Writes and fsyncs one batch on the calling thread, which it blocks for real (under madsim,
+/// with the simulated disk's latency between write and sync, where a crash loses the batch),
+/// and reports it as the storage thread would, every [`Batch::after_sync`] datagram unsent
+/// (the caller sends them).
+///
+/// Only for a caller that knows the storage thread holds no batch: every batch handed to it has
+/// been reported. Batches stay in order and the lock is never contended.
+pub async fn commit_inline<V: Vfs>(storage: &SharedStorage<V>, mut batch: Batch) -> Result<Synced, StorageError> {
+    let start = tokio::time::Instant::now();
+    let unsent = std::mem::take(&mut batch.after_sync);
+    let seq = batch.seq;
+    #[cfg(not(madsim))]
+    let batches = commit_group(storage, std::slice::from_ref(&batch))?;
+    #[cfg(madsim)]
+    let batches = write_then_sync(storage, vec![batch], seq).await?;
+    Ok(Synced { seq, batches, took: start.elapsed(), unsent, sent: (0, 0) })
+}
+
+/// Shares `storage` between a storage thread and the node's loop.
+pub fn share<V: Vfs>(storage: Storage<V>) -> SharedStorage<V> {
+    Arc::new(Mutex::new(storage))
+}
+
+/// [`run_group_commit_blocking`] on storage shared with the node's loop (see [`commit_inline`]).
+pub fn run_group_commit_shared<V: Vfs>(
+    storage: &SharedStorage<V>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
     mut sender: Option<Box<dyn PostSyncSend>>,
@@ -327,7 +384,7 @@ pub fn run_group_commit_blocking<V: Vfs>(
         let start = std::time::Instant::now();
         let seq = group.last().map_or(0, |b| b.seq);
         let held = after_sync_of(&mut group);
-        let result = write_group(&mut storage, &group).and_then(|batches| storage.sync().map(|()| batches));
+        let result = commit_group(storage, &group);
         let failed = result.is_err();
         let report = result.map(|batches| {
             let took = start.elapsed();
@@ -513,27 +570,33 @@ pub fn run_group_commit_overlapped<V: Vfs>(
 /// that may overlap (1: [`run_group_commit_blocking`], otherwise
 /// [`run_group_commit_overlapped`]); as a simulated task under madsim (whose disk never blocks
 /// and whose scheduler must see every step).
+///
+/// With one sync in flight it also returns the storage, shared, for the node's loop to
+/// [`commit_inline`] while the group commit is idle; `None` otherwise.
 pub fn spawn_group_commit<V: Vfs>(
     storage: Storage<V>,
     rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
     syncs_in_flight: usize,
     sender: Option<Box<dyn PostSyncSend>>,
-) -> crate::sys::JoinHandle<()> {
+) -> (crate::sys::JoinHandle<()>, Option<SharedStorage<V>>) {
     #[cfg(not(madsim))]
     {
-        crate::sys::spawn_dedicated(move || {
-            if syncs_in_flight <= 1 {
-                run_group_commit_blocking(storage, rx, done, sender)
-            } else {
-                run_group_commit_overlapped(storage, rx, done, syncs_in_flight)
-            }
-        })
+        if syncs_in_flight > 1 {
+            let task =
+                crate::sys::spawn_dedicated(move || run_group_commit_overlapped(storage, rx, done, syncs_in_flight));
+            return (task, None);
+        }
+        let shared = share(storage);
+        let theirs = shared.clone();
+        let task = crate::sys::spawn_dedicated(move || run_group_commit_shared(&theirs, rx, done, sender));
+        (task, Some(shared))
     }
     #[cfg(madsim)]
     {
         let _ = (syncs_in_flight, sender);
-        crate::sys::spawn(run_group_commit(storage, rx, done))
+        let shared = share(storage);
+        (crate::sys::spawn(run_group_commit(shared.clone(), rx, done)), Some(shared))
     }
 }
 
@@ -715,7 +778,7 @@ mod tests {
             tx.send(Batch { seq, ops, after_sync: Vec::new() }).unwrap();
         }
         let syncs_before = vfs.syncs();
-        let task = tokio::spawn(run_group_commit(st, rx, done_tx));
+        let task = tokio::spawn(run_group_commit(share(st), rx, done_tx));
         let first = done_rx.recv().await.unwrap().unwrap();
         assert_eq!((first.seq, first.batches), (50, 50), "all 50 queued batches in one group");
         assert_eq!(vfs.syncs() - syncs_before, 1, "one fsync for the group");
@@ -750,6 +813,51 @@ mod tests {
         vfs.crash();
         let (_, rec, _) = Storage::open(vfs, dir, StorageOptions::default()).unwrap();
         assert_eq!(rec.entries.len(), 51);
+    }
+
+    #[tokio::test]
+    async fn batches_synced_inline_between_the_storage_threads_stay_in_order_and_survive_a_crash() {
+        let vfs = SimVfs::new(5, SimFaults { torn_write: 0.7, flip_bit: 0.5 });
+        let dir = Path::new("/node");
+        let (st, _, _) = Storage::open(vfs.clone(), dir, StorageOptions::default()).unwrap();
+        let shared = share(st);
+        let theirs = shared.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let thread = std::thread::spawn(move || run_group_commit_shared(&theirs, rx, done_tx, None));
+        let batch = |seq: u64| Batch {
+            seq,
+            ops: vec![StorageOp::Entries { first_index: LogIndex(seq), entries: vec![entry(seq, 1)] }],
+            after_sync: vec![("127.0.0.1:7004".parse().unwrap(), vec![seq as u8])],
+        };
+        // Odd batches go to the thread, even ones are synced inline once the thread reported.
+        for seq in 1..=9u64 {
+            let syncs_before = vfs.syncs();
+            let report = if seq % 2 == 1 {
+                tx.send(batch(seq)).unwrap();
+                done_rx.recv().await.unwrap().unwrap()
+            } else {
+                let report = commit_inline(&shared, batch(seq)).await.unwrap();
+                assert_eq!(report.unsent, batch(seq).after_sync, "an inline commit hands every held datagram back");
+                report
+            };
+            assert_eq!((report.seq, report.batches), (seq, 1));
+            assert_eq!(vfs.syncs(), syncs_before + 1, "batch {seq} had its own fsync before its report");
+        }
+        drop(tx);
+        thread.join().unwrap();
+        // Written but never synced: the crash may lose it, tear it or keep it, and nothing else.
+        lock(&shared).unwrap().apply(&batch(10).ops[0]).unwrap();
+        lock(&shared).unwrap().flush().unwrap();
+        drop(shared);
+        vfs.crash();
+        let (_, rec, _) = Storage::open(vfs, dir, StorageOptions::default()).unwrap();
+        let indexes: Vec<u64> = rec.entries.iter().map(|e| e.index.0).collect();
+        let reported: Vec<u64> = (1..=9).collect();
+        assert!(
+            indexes == reported || indexes == (1..=10).collect::<Vec<_>>(),
+            "every reported batch, in order: {indexes:?}"
+        );
     }
 
     /// Records what it is asked to send and how many fsyncs the disk had seen by then; sends
@@ -804,7 +912,7 @@ mod tests {
         let to: SocketAddr = "127.0.0.1:7003".parse().unwrap();
         let ops = vec![StorageOp::Entries { first_index: LogIndex(1), entries: vec![entry(1, 1)] }];
         tx.send(Batch { seq: 1, ops, after_sync: vec![(to, vec![9; 4])] }).unwrap();
-        let task = tokio::spawn(run_group_commit(st, rx, done_tx));
+        let task = tokio::spawn(run_group_commit(share(st), rx, done_tx));
         let report = done_rx.recv().await.unwrap().unwrap();
         assert_eq!((report.unsent, report.sent), (vec![(to, vec![9; 4])], (0, 0)));
         drop(tx);
