@@ -159,12 +159,14 @@ pub struct StorageSection {
     /// that many sync threads, which pays off only where the disk overlaps flushes and the
     /// CPUs have room for the extra hand-offs (see `storage::DEFAULT_SYNCS_IN_FLIGHT`).
     pub syncs_in_flight: usize,
-    /// Whether a node that is not leading writes and syncs its batches on its own loop while
-    /// the storage thread is idle, instead of handing them over (default true; only with
-    /// `syncs_in_flight = 1`). A follower's loop only waits during that fsync, and skipping
-    /// the hand-off and its report takes two wake-ups off each acknowledgement's path. The
-    /// cost: while an fsync runs the follower answers nothing, so a disk stalled for longer
-    /// than SWIM's probe timeout makes it look dead (arguably true of a node that cannot write).
+    /// Whether a node that is not leading (a follower, candidate or learner) writes and syncs
+    /// its log entries and hard state on its own loop while the storage thread is idle, instead
+    /// of handing them over (default true; only with `syncs_in_flight = 1`, though the
+    /// simulator honours it whatever that is). A follower's loop only waits during that fsync,
+    /// and skipping the hand-off and its report takes two wake-ups off each acknowledgement's
+    /// path. Snapshots, compaction and new segments stay on the storage thread. The cost: while
+    /// an fsync runs the node answers nothing, so a disk stalled for longer than SWIM's probe
+    /// timeout makes it look dead (arguably true of a node that cannot write).
     pub inline_when_following: bool,
 }
 

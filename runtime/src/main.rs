@@ -227,7 +227,8 @@ impl Conn {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A node is one loop: on a current-thread runtime the loop also polls the sockets, so a
-    // datagram never needs a cross-thread wake-up; file IO runs on the blocking pool.
+    // datagram never needs a cross-thread wake-up. The storage thread runs on the blocking
+    // pool; a node that is not leading fsyncs its log on the loop itself (see `node::run_on`).
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -6,8 +6,9 @@
 //! and carries out their actions in order:
 //! - `Persist*` actions join the open storage batch, handed to the group-commit task (see
 //!   [`crate::storage`]) at the end of the step; a node that is not leading writes and syncs
-//!   it on the loop itself when that task is idle (`storage.inline_when_following`), after
-//!   sending what does not wait on it, then steps on;
+//!   it on the loop itself when that task is idle and the batch is only log entries and hard
+//!   state (`storage.inline_when_following`), after sending what does not wait on it, then
+//!   steps on;
 //! - a `Send` waits until every batch issued before it is durable (**persist before send**),
 //!   and leaves at once when nothing is pending; a leader's appends come before its own write
 //!   in Raft's action order, so they never wait;
@@ -369,6 +370,11 @@ pub async fn run<V: Vfs>(vfs: V, opts: NodeOptions, stop: StopSignal) -> Result<
 }
 
 /// Like [`run`], on a socket that is already bound, reporting into `metrics`.
+///
+/// While it is not leading, the node writes and fsyncs its log on this task itself
+/// (`storage.inline_when_following`): on a current-thread runtime that blocks the runtime for
+/// the fsync (as the `quorate` binary wants, one node per runtime); on a multi-thread runtime
+/// the worker is handed over for it, so other tasks go on.
 pub async fn run_on<V: Vfs>(
     vfs: V,
     opts: NodeOptions,
@@ -1354,7 +1360,8 @@ impl<V: Vfs> Node<V> {
     }
 
     /// Hands the open batch to storage. Returns whether it is already durable: a node that is
-    /// not leading writes and syncs it on the loop itself when the storage thread is idle.
+    /// not leading writes and syncs it on the loop itself when the storage thread is idle and
+    /// the batch holds only log entries and hard state ([`storage::can_commit_inline`]).
     ///
     /// A follower's loop has nothing better to do during the fsync than wait for it (what
     /// arrives meanwhile queues in the socket and makes the next, larger batch), and the
@@ -1371,16 +1378,19 @@ impl<V: Vfs> Node<V> {
         let seq = self.issued_seq + 1;
         let ops = std::mem::take(&mut self.open_ops);
         let reports = std::mem::take(&mut self.open_reports);
-        let inline = self
-            .inline_store
-            .as_ref()
-            .filter(|_| self.durable_seq == self.issued_seq && self.raft.role() != Role::Leader);
+        let inline = self.inline_store.as_ref().filter(|store| {
+            self.durable_seq == self.issued_seq
+                && self.raft.role() != Role::Leader
+                && storage::can_commit_inline(store, &ops)
+        });
         let submitted = self.now();
         if let Some(store) = inline.cloned() {
             self.note_issued(seq, submitted, reports);
             // What does not wait on this batch leaves before the fsync, not after it.
             self.flush_held().await;
-            let synced = storage::commit_inline(&store, Batch { seq, ops, after_sync: Vec::new() }).await?;
+            let synced = storage::commit_inline(&store, Batch { seq, ops, after_sync: Vec::new() })
+                .await
+                .inspect_err(|e| error!(node = self.me.0, error = %e, "storage failed; stopping"))?;
             self.on_synced(synced);
             return Ok(true);
         }

@@ -166,6 +166,8 @@ fn node_options(
     nc.swim.probe_interval_ms = 500;
     nc.swim.probe_timeout_ms = 200;
     nc.swim.push_pull_interval_ms = 5_000;
+    // Both ways a follower's log reaches the disk: on its loop, or handed to the storage task.
+    nc.storage.inline_when_following = (cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63) == 0;
     let mut opts = NodeOptions::new(nc, key.clone(), cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
     opts.storage.wal.segment_bytes_max = 16 << 10;
     opts.events = Some(events.clone());
