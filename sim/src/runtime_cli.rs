@@ -155,6 +155,7 @@ fn run(a: &RuntimeArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             healed_secs: a.healed_secs,
             faults: a.faults,
             planted: a.planted_bug.clone(),
+            inline_when_following: runtime_sim::inline_for_seed(seed),
         })
         .collect();
     // Each seed is its own madsim runtime: run them on every core, report in seed order.

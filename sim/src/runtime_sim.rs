@@ -54,6 +54,10 @@ pub struct RuntimeSimConfig {
     pub faults: bool,
     /// A planted runtime bug (feature `planted-bugs`).
     pub planted: Option<String>,
+    /// Whether a follower writes and syncs its log on its own loop (`storage.inline_when_following`)
+    /// or hands it to the storage task; [`RuntimeSimConfig::new`] picks it from the seed, so a
+    /// sweep covers both.
+    pub inline_when_following: bool,
 }
 
 impl RuntimeSimConfig {
@@ -68,8 +72,14 @@ impl RuntimeSimConfig {
             healed_secs: 10,
             faults: true,
             planted: None,
+            inline_when_following: inline_for_seed(seed),
         }
     }
+}
+
+/// The storage path a seed runs by default: half the seeds each way.
+pub fn inline_for_seed(seed: u64) -> bool {
+    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63) == 0
 }
 
 /// What one run found.
@@ -166,8 +176,7 @@ fn node_options(
     nc.swim.probe_interval_ms = 500;
     nc.swim.probe_timeout_ms = 200;
     nc.swim.push_pull_interval_ms = 5_000;
-    // Both ways a follower's log reaches the disk: on its loop, or handed to the storage task.
-    nc.storage.inline_when_following = (cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63) == 0;
+    nc.storage.inline_when_following = cfg.inline_when_following;
     let mut opts = NodeOptions::new(nc, key.clone(), cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
     opts.storage.wal.segment_bytes_max = 16 << 10;
     opts.events = Some(events.clone());

@@ -45,17 +45,20 @@ fn fifty_seeds_with_every_fault_find_no_violation() {
     }
 }
 
-/// Runs seeds from 0 until `bug` is caught; panics if it is not caught within `bound` seeds.
+/// Runs seeds from 0 until `bug` is caught, once with followers syncing their log on their own
+/// loop and once through the storage task (each path must catch it on its own); panics if
+/// either does not within `bound` seeds.
 #[cfg(feature = "planted-bugs")]
-fn first_catch(bug: &str, bound: u64) -> u64 {
-    for seed in 0..bound {
-        let mut cfg = config(seed);
-        cfg.planted = Some(bug.to_string());
-        if run(cfg).violation.is_some() {
-            return seed;
-        }
+fn first_catch(bug: &str, bound: u64) {
+    for inline in [true, false] {
+        let caught = (0..bound).any(|seed| {
+            let mut cfg = config(seed);
+            cfg.planted = Some(bug.to_string());
+            cfg.inline_when_following = inline;
+            run(cfg).violation.is_some()
+        });
+        assert!(caught, "planted bug {bug:?} was not caught within {bound} seeds (inline_when_following = {inline})");
     }
-    panic!("planted bug {bug:?} was not caught within {bound} seeds");
 }
 
 #[cfg(feature = "planted-bugs")]
