@@ -321,13 +321,40 @@ async fn write_then_sync<V: Vfs>(
 /// With a `sender`, the group's [`Batch::after_sync`] datagrams leave from here the moment
 /// its fsync returns: persist before send holds by construction, and a follower's
 /// acknowledgement skips a wake-up of the node's loop on the way to the leader.
+///
+/// The storage is shared with the node's loop, which may [`commit_inline`] while this holds
+/// no batch.
 pub fn run_group_commit_blocking<V: Vfs>(
-    storage: Storage<V>,
-    rx: mpsc::UnboundedReceiver<Batch>,
+    storage: &SharedStorage<V>,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
     done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
-    sender: Option<Box<dyn PostSyncSend>>,
+    mut sender: Option<Box<dyn PostSyncSend>>,
 ) {
-    run_group_commit_shared(&share(storage), rx, done, sender)
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while let Ok(b) = rx.try_recv() {
+            group.push(b);
+        }
+        let start = std::time::Instant::now();
+        let seq = group.last().map_or(0, |b| b.seq);
+        let held = after_sync_of(&mut group);
+        let result = commit_group(storage, &group);
+        let failed = result.is_err();
+        let report = result.map(|batches| {
+            let took = start.elapsed();
+            let (count, bytes) = (held.len(), held.iter().map(|(_, d)| d.len() as u64).sum::<u64>());
+            let unsent = match sender.as_mut() {
+                Some(s) if !held.is_empty() => s.send(held),
+                _ => held,
+            };
+            let unsent_bytes: u64 = unsent.iter().map(|(_, d)| d.len() as u64).sum();
+            let sent = ((count - unsent.len()) as u64, bytes - unsent_bytes);
+            Synced { seq, batches, took, unsent, sent }
+        });
+        if done.send(report).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// A node's storage, shared between its storage thread and its loop: the loop writes and
@@ -386,40 +413,6 @@ pub async fn commit_inline<V: Vfs>(storage: &SharedStorage<V>, mut batch: Batch)
 /// Shares `storage` between a storage thread and the node's loop.
 pub fn share<V: Vfs>(storage: Storage<V>) -> SharedStorage<V> {
     Arc::new(Mutex::new(storage))
-}
-
-/// [`run_group_commit_blocking`] on storage shared with the node's loop (see [`commit_inline`]).
-pub fn run_group_commit_shared<V: Vfs>(
-    storage: &SharedStorage<V>,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
-    done: mpsc::UnboundedSender<Result<Synced, StorageError>>,
-    mut sender: Option<Box<dyn PostSyncSend>>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while let Ok(b) = rx.try_recv() {
-            group.push(b);
-        }
-        let start = std::time::Instant::now();
-        let seq = group.last().map_or(0, |b| b.seq);
-        let held = after_sync_of(&mut group);
-        let result = commit_group(storage, &group);
-        let failed = result.is_err();
-        let report = result.map(|batches| {
-            let took = start.elapsed();
-            let (count, bytes) = (held.len(), held.iter().map(|(_, d)| d.len() as u64).sum::<u64>());
-            let unsent = match sender.as_mut() {
-                Some(s) if !held.is_empty() => s.send(held),
-                _ => held,
-            };
-            let unsent_bytes: u64 = unsent.iter().map(|(_, d)| d.len() as u64).sum();
-            let sent = ((count - unsent.len()) as u64, bytes - unsent_bytes);
-            Synced { seq, batches, took, unsent, sent }
-        });
-        if done.send(report).is_err() || failed {
-            return;
-        }
-    }
 }
 
 /// How many fsyncs a real node's group commit keeps in flight unless `storage.syncs_in_flight`
@@ -608,7 +601,7 @@ pub fn spawn_group_commit<V: Vfs>(
         }
         let shared = share(storage);
         let theirs = shared.clone();
-        let task = crate::sys::spawn_dedicated(move || run_group_commit_shared(&theirs, rx, done, sender));
+        let task = crate::sys::spawn_dedicated(move || run_group_commit_blocking(&theirs, rx, done, sender));
         (task, Some(shared))
     }
     #[cfg(madsim)]
@@ -818,7 +811,7 @@ mod tests {
             tx.send(Batch { seq, ops, after_sync: Vec::new() }).unwrap();
         }
         let syncs_before = vfs.syncs();
-        let thread = std::thread::spawn(move || run_group_commit_blocking(st, rx, done_tx, None));
+        let thread = std::thread::spawn(move || run_group_commit_blocking(&share(st), rx, done_tx, None));
         let first = done_rx.blocking_recv().unwrap().unwrap();
         assert_eq!((first.seq, first.batches), (50, 50), "all 50 queued batches in one group");
         assert_eq!(vfs.syncs() - syncs_before, 1, "one fsync for the group");
@@ -846,7 +839,7 @@ mod tests {
             let theirs = shared.clone();
             let (tx, rx) = mpsc::unbounded_channel();
             let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-            let thread = std::thread::spawn(move || run_group_commit_shared(&theirs, rx, done_tx, None));
+            let thread = std::thread::spawn(move || run_group_commit_blocking(&theirs, rx, done_tx, None));
             let batch = |seq: u64| Batch {
                 seq,
                 ops: vec![StorageOp::Entries { first_index: LogIndex(seq), entries: vec![entry(seq, 1)] }],
@@ -934,7 +927,8 @@ mod tests {
         let syncs_before = vfs.syncs();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sender = Recorder { vfs: vfs.clone(), take: 2, log: log.clone() };
-        let thread = std::thread::spawn(move || run_group_commit_blocking(st, rx, done_tx, Some(Box::new(sender))));
+        let thread =
+            std::thread::spawn(move || run_group_commit_blocking(&share(st), rx, done_tx, Some(Box::new(sender))));
         let report = done_rx.blocking_recv().unwrap().unwrap();
         drop(tx);
         thread.join().unwrap();
