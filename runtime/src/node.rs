@@ -1217,14 +1217,14 @@ impl<V: Vfs> Node<V> {
             self.report(NodeEvent::Applied { node: self.me, index: e.index, term: e.term, digest });
         }
         match &e.payload {
-            EntryPayload::Command(data) => match postcard::from_bytes::<kv::Command>(data) {
+            EntryPayload::Command(data) => match postcard::from_bytes::<kv::CommandView>(data) {
                 Ok(cmd) => {
                     let (client_id, seq) = (cmd.client_id, cmd.seq);
                     // Internal writes (client 0: the address book) carry no session.
                     let reply = if client_id == 0 {
-                        self.kv.apply_unsessioned(e.index, cmd.op)
+                        self.kv.apply_unsessioned(e.index, &cmd.op)
                     } else {
-                        self.kv.apply(e.index, cmd)
+                        self.kv.apply(e.index, &cmd)
                     };
                     if let Some(p) = self.pending_writes.get(&e.index) {
                         let matches = p.client_id == client_id && p.seq == seq;
