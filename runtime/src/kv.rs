@@ -68,7 +68,8 @@ pub enum WriteOpView<'a> {
         /// The key.
         key: &'a str,
     },
-    /// Sets `key` to `value` (or removes it when `None`) only if it now holds `expected`.
+    /// Sets `key` to `value` (or removes it when `None`) only if it now holds `expected`
+    /// (`None`: only if absent).
     Cas {
         /// The key.
         key: &'a str,
@@ -274,7 +275,8 @@ impl Kv {
 
     /// Applies a committed command at `index` and returns its reply (the remembered one for a
     /// retry). The key and value are copied from the view: decode the entry as a
-    /// [`CommandView`] and nothing is allocated for them until the map needs a new key.
+    /// [`CommandView`] and nothing is allocated for them unless the key is new or the old
+    /// value's buffer does not fit the new one.
     pub fn apply(&mut self, index: LogIndex, cmd: &CommandView<'_>) -> Reply {
         self.applied = self.applied.max(index);
         if let Some(s) = self.sessions.get(&cmd.client_id) {
@@ -359,11 +361,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn write_op() -> impl Strategy<Value = WriteOp> {
-        let bytes = || proptest::collection::vec(any::<u8>(), 0..300);
+        write_op_with(".{0,12}", proptest::collection::vec(any::<u8>(), 0..300))
+    }
+
+    /// Writes on keys matching `keys`, with values (and expected values) drawn from `values`.
+    fn write_op_with<V>(keys: &'static str, values: V) -> impl Strategy<Value = WriteOp>
+    where
+        V: Strategy<Value = Vec<u8>> + Clone + 'static,
+    {
         prop_oneof![
-            (".{0,12}", bytes()).prop_map(|(key, value)| WriteOp::Put { key, value }),
-            ".{0,12}".prop_map(|key| WriteOp::Delete { key }),
-            (".{0,12}", proptest::option::of(bytes()), proptest::option::of(bytes()))
+            (keys, values.clone()).prop_map(|(key, value)| WriteOp::Put { key, value }),
+            keys.prop_map(|key| WriteOp::Delete { key }),
+            (keys, proptest::option::of(values.clone()), proptest::option::of(values))
                 .prop_map(|(key, expected, value)| WriteOp::Cas { key, expected, value }),
         ]
     }
@@ -444,10 +453,17 @@ mod tests {
             for (k, v, borrowed) in ops {
                 match v {
                     Some(v) => {
+                        let old = pairs.values.get(k.as_str()).map(|old| (old.as_ptr(), old.capacity()));
                         let existed = if borrowed { pairs.put_slice(&k, &v) } else { pairs.put(k.clone(), v.clone()) };
-                        // A reused buffer never keeps much more than its value needs.
-                        let capacity = pairs.values[k.as_str()].capacity();
-                        prop_assert!(capacity <= (2 * v.len()).max(64), "{} bytes held for {}", capacity, v.len());
+                        // A reused buffer never keeps much more than its value needs...
+                        let now = &pairs.values[k.as_str()];
+                        prop_assert!(now.capacity() <= (2 * v.len()).max(64), "{} bytes held for {}", now.capacity(), v.len());
+                        // ...and a borrowed overwrite that fits does reuse it.
+                        if let (true, Some((ptr, capacity))) = (borrowed, old) {
+                            if capacity >= v.len() && capacity <= (2 * v.len()).max(64) {
+                                prop_assert_eq!(now.as_ptr(), ptr);
+                            }
+                        }
                         prop_assert_eq!(existed, map.insert(k, v).is_some());
                     }
                     None => prop_assert_eq!(pairs.remove(&k), map.remove(&k)),
@@ -481,6 +497,48 @@ mod tests {
                 let view = postcard::from_bytes::<CommandView>(damaged).ok();
                 prop_assert_eq!(owned.as_ref().map(Command::view), view);
             }
+        }
+
+        #[test]
+        fn applied_writes_match_a_model_map(
+            ops in proptest::collection::vec(
+                // Short values often match a compare-and-swap; long ones cross the buffer rule.
+                (0u8..3, write_op_with("[a-c]", prop_oneof![
+                    proptest::collection::vec(0u8..2, 0..3),
+                    proptest::collection::vec(any::<u8>(), 0..200),
+                ])),
+                0..60,
+            )
+        ) {
+            let mut kv = Kv::new(4);
+            let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            for (i, (client, op)) in ops.into_iter().enumerate() {
+                let index = LogIndex(i as u64 + 1);
+                let expected = match &op {
+                    WriteOp::Put { key, value } => {
+                        Reply::Written { existed: model.insert(key.clone(), value.clone()).is_some(), index }
+                    }
+                    WriteOp::Delete { key } => Reply::Written { existed: model.remove(key).is_some(), index },
+                    WriteOp::Cas { key, expected, value } => {
+                        let current = model.get(key).cloned();
+                        let swapped = current == *expected;
+                        if swapped {
+                            match value {
+                                Some(v) => model.insert(key.clone(), v.clone()),
+                                None => model.remove(key),
+                            };
+                        }
+                        Reply::Cas { swapped, current, index }
+                    }
+                };
+                // Client 0 writes without a session, the others through theirs.
+                let cmd = Command { client_id: u64::from(client), seq: i as u64 + 1, op };
+                let reply =
+                    if client == 0 { kv.apply_unsessioned(index, &cmd.view().op) } else { kv.apply(index, &cmd.view()) };
+                prop_assert_eq!(reply, expected);
+            }
+            let (listed, _) = kv.list("", None, usize::MAX);
+            prop_assert_eq!(listed, model.into_iter().collect::<Vec<_>>());
         }
 
         #[test]
