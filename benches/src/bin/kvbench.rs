@@ -39,6 +39,12 @@ use quorate_runtime::mux::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+// The load generator shares the two cores with the cluster it drives, so every microsecond it
+// spends is taken from the servers: it uses the same allocator as the `quorate` binary, for
+// both targets alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Which store to drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Target {
